@@ -92,7 +92,9 @@ OB_API int ob_schema_migrate(PGconn *conn, const char *schema, ob_error_t *err);
 /*
  * Stores in *versionp the version schema (NULL: OB_SCHEMA_DEFAULT) is at
  * on conn: 0 when the schema or its oncebox_migrations table does not
- * exist. Reads only; runs in the caller's transaction when there is one.
+ * exist. Reads only; runs in the caller's transaction when there is one
+ * (no savepoint: an OB_EPG there, such as a missing SELECT privilege,
+ * leaves that transaction aborted).
  * Errors: OB_EINVAL (conn or versionp NULL), those of the name as for
  * ob_schema_migrate(), OB_ENOTXN, OB_ESTATE, OB_EPG, OB_ENOMEM.
  */
