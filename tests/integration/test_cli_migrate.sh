@@ -7,89 +7,7 @@
 # libpq conninfo); tests/run-integration.sh provides both. Each schema it
 # creates has a name of its own and is dropped on exit.
 
-set -u -o pipefail
-
-: "${OB_BUILD:?OB_BUILD must name the build directory}"
-: "${ONCEBOX_TEST_DB:?ONCEBOX_TEST_DB must hold a libpq conninfo}"
-
-ONCEBOX=$OB_BUILD/oncebox
-SECRET=s3cret
-TMP=$(mktemp -d)
-SCHEMAS=()
-CHECKS=0
-FAILED=0
-
-if [[ ! -x $ONCEBOX ]]; then
-    echo "FAIL: $ONCEBOX is missing; build it first"
-    exit 1
-fi
-
-psql_test() {
-    psql "$ONCEBOX_TEST_DB" -X -q -At -v ON_ERROR_STOP=1 "$@"
-}
-
-ident() {
-    local s=${1//\"/\"\"}
-    printf '"%s"' "$s"
-}
-
-cleanup() {
-    local s
-
-    for s in "${SCHEMAS[@]}"; do
-        psql_test -c "SET client_min_messages = warning" \
-            -c "DROP SCHEMA IF EXISTS $(ident "$s") CASCADE" ||
-            echo "note: could not drop schema $s" >&2
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-# Sets s to a schema name no other run uses, dropped on exit. Not in a
-# subshell: the list of names to drop must grow here.
-new_schema() {
-    s="$1_$$_${#SCHEMAS[@]}_$RANDOM"
-    SCHEMAS+=("$s")
-}
-
-# Runs the command with none of the variables that would choose a
-# database for it, except those given as NAME=VALUE before the command.
-# Sets RC; stdout and stderr go to $TMP/out and $TMP/err.
-run() {
-    local envs=()
-
-    while [[ $# -gt 0 && $1 == *=* ]]; do
-        envs+=("$1")
-        shift
-    done
-    env -u ONCEBOX_DB -u ONCEBOX_SCHEMA -u PGHOST -u PGHOSTADDR -u PGPORT \
-        -u PGUSER -u PGDATABASE -u PGPASSWORD -u PGSERVICE -u PGOPTIONS \
-        -u PGCONNECT_TIMEOUT "${envs[@]}" \
-        timeout 60 "$@" >"$TMP/out" 2>"$TMP/err"
-    RC=$?
-}
-
-check() {
-    local what=$1
-    shift
-
-    CHECKS=$((CHECKS + 1))
-    if ! "$@"; then
-        FAILED=$((FAILED + 1))
-        echo "FAIL: $what"
-        echo "  exit status: $RC"
-        sed 's/^/  stdout: /' "$TMP/out"
-        sed 's/^/  stderr: /' "$TMP/err"
-    fi
-}
-
-rc_is() { [[ $RC -eq $1 ]]; }
-out_is() { [[ $(cat "$TMP/out") == "$1" ]]; }
-out_has() { grep -qF -- "$1" "$TMP/out"; }
-err_has() { grep -qF -- "$1" "$TMP/err"; }
-err_empty() { [[ ! -s $TMP/err ]]; }
-out_empty() { [[ ! -s $TMP/out ]]; }
-no_secret() { ! grep -qF -- "$SECRET" "$TMP/out" "$TMP/err"; }
+. "$(dirname "$0")/../support/clitest.sh"
 
 # The quoted form the command prints a schema name in.
 shown() {
@@ -254,5 +172,4 @@ run PGPASSWORD="$SECRET" PGHOST=127.0.0.1 PGPORT=1 "$ONCEBOX" migrate
 check "an unreachable PGHOST exits 1" rc_is 1
 check "the message has no password (PGPASSWORD)" no_secret
 
-echo "test_cli_migrate: $CHECKS checks, $FAILED failed"
-[[ $FAILED -eq 0 ]]
+finish
