@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "oncebox/oncebox.h"
+#include "tests/support/failalloc.h"
 #include "tests/support/testlib.h"
 
 struct fixture {
@@ -368,36 +369,6 @@ static void a_quoted_schema_name_works(void **state)
     assert_row(f, res.event_id, "payload->>'ok'", "true");
 }
 
-/* Fails the Nth allocation of the library and counts live blocks. */
-static long fail_at = -1, calls, live;
-
-static void *t_malloc(size_t n)
-{
-    if (calls++ == fail_at)
-        return NULL;
-    live++;
-    return malloc(n);
-}
-
-static void *t_realloc(void *p, size_t n)
-{
-    void *q;
-
-    if (calls++ == fail_at)
-        return NULL;
-    q = realloc(p, n);
-    if (p == NULL && q != NULL)
-        live++;
-    return q;
-}
-
-static void t_free(void *p)
-{
-    if (p != NULL)
-        live--;
-    free(p);
-}
-
 static void append_survives_every_failed_allocation(void **state)
 {
     struct fixture *f = *state;
@@ -414,12 +385,10 @@ static void append_survives_every_failed_allocation(void **state)
     evs[1].header_count = 1;
     for (n = 0;; n++) {
         obt_exec(f->conn, "BEGIN");
-        fail_at = n;
-        calls = live = 0;
-        ob_set_allocator(t_malloc, t_realloc, t_free);
+        obt_failalloc_install(n);
         rc = ob_writer_append_batch(w, f->conn, evs, 2, NULL, NULL, &err);
-        ob_set_allocator(NULL, NULL, NULL);
-        assert_int_equal(live, 0);
+        obt_failalloc_remove();
+        assert_int_equal(obt_live_blocks, 0);
         /* Nothing was sent when memory ran out: the transaction lives. */
         assert_int_equal(PQtransactionStatus(f->conn), PQTRANS_INTRANS);
         obt_exec(f->conn, "ROLLBACK");

@@ -13,52 +13,7 @@
 
 #include "core/buf.h"
 #include "core/internal.h"
-
-/* An allocator that fails the Nth allocation and counts live blocks. */
-static long fail_at = -1;
-static long alloc_calls;
-static long live_blocks;
-
-static void *failing_malloc(size_t n)
-{
-    if (alloc_calls++ == fail_at)
-        return NULL;
-    live_blocks++;
-    return malloc(n);
-}
-
-static void *failing_realloc(void *p, size_t n)
-{
-    void *q;
-
-    if (alloc_calls++ == fail_at)
-        return NULL;
-    q = realloc(p, n);
-    if (p == NULL && q != NULL)
-        live_blocks++;
-    return q;
-}
-
-static void counting_free(void *p)
-{
-    if (p != NULL)
-        live_blocks--;
-    free(p);
-}
-
-static void failing_allocator_install(long n)
-{
-    fail_at = n;
-    alloc_calls = 0;
-    live_blocks = 0;
-    ob_set_allocator(failing_malloc, failing_realloc, counting_free);
-}
-
-static void failing_allocator_remove(void)
-{
-    ob_set_allocator(NULL, NULL, NULL);
-    fail_at = -1;
-}
+#include "tests/support/failalloc.h"
 
 static void error_names_and_messages_come_from_one_list(void **state)
 {
@@ -195,7 +150,7 @@ static void conf_survives_every_failed_allocation(void **state)
     (void)state;
     for (n = 0;; n++) {
         conf = copy = NULL;
-        failing_allocator_install(n);
+        obt_failalloc_install(n);
         rc = ob_conf_new(&conf, NULL);
         if (rc == 0)
             rc = ob_conf_set(conf, "kafka.acks", "all", NULL);
@@ -205,8 +160,8 @@ static void conf_survives_every_failed_allocation(void **state)
             rc = ob_conf_dup(conf, &copy, NULL);
         ob_conf_destroy(copy);
         ob_conf_destroy(conf);
-        assert_int_equal(live_blocks, 0);
-        failing_allocator_remove();
+        assert_int_equal(obt_live_blocks, 0);
+        obt_failalloc_remove();
         if (rc == 0)
             break;
         assert_int_equal(rc, OB_ENOMEM);

@@ -18,6 +18,7 @@
 
 #include "core/internal.h"
 #include "oncebox/dedup.h"
+#include "tests/support/failalloc.h"
 
 /* A string literal and its length, embedded NUL bytes included. */
 #define DOC(s) s, sizeof(s) - 1
@@ -525,38 +526,6 @@ static void canonicalize_checks_its_arguments(void **state)
     ob_free(out);
 }
 
-/* An allocator that fails the Nth allocation and counts live blocks. */
-static long fail_at = -1;
-static long alloc_calls;
-static long live_blocks;
-
-static void *failing_malloc(size_t n)
-{
-    if (alloc_calls++ == fail_at)
-        return NULL;
-    live_blocks++;
-    return malloc(n);
-}
-
-static void *failing_realloc(void *p, size_t n)
-{
-    void *q;
-
-    if (alloc_calls++ == fail_at)
-        return NULL;
-    q = realloc(p, n);
-    if (p == NULL && q != NULL)
-        live_blocks++;
-    return q;
-}
-
-static void counting_free(void *p)
-{
-    if (p != NULL)
-        live_blocks--;
-    free(p);
-}
-
 static void canonicalize_survives_every_failed_allocation(void **state)
 {
     /* An escaped key (the key arena), objects (the member array) and an
@@ -572,14 +541,12 @@ static void canonicalize_survives_every_failed_allocation(void **state)
 
     (void)state;
     for (n = 0;; n++) {
-        fail_at = n;
-        alloc_calls = live_blocks = 0;
-        ob_set_allocator(failing_malloc, failing_realloc, counting_free);
+        obt_failalloc_install(n);
         out = NULL;
         rc = ob_json_canonicalize(doc, strlen(doc), &out, &len, &err);
         if (rc == 0) {
             assert_true(len > 256);
-            assert_int_equal(live_blocks, 1);
+            assert_int_equal(obt_live_blocks, 1);
             ob_free(out);
         } else {
             assert_int_equal(rc, OB_ENOMEM);
@@ -587,8 +554,8 @@ static void canonicalize_survives_every_failed_allocation(void **state)
             assert_true(ob_error_is_retriable(&err));
             assert_null(out);
         }
-        assert_int_equal(live_blocks, 0);
-        ob_set_allocator(NULL, NULL, NULL);
+        assert_int_equal(obt_live_blocks, 0);
+        obt_failalloc_remove();
         if (rc == 0)
             break;
     }

@@ -18,6 +18,7 @@
 #include "core/internal.h"
 #include "oncebox/dedup.h"
 #include "oncebox/outbox.h"
+#include "tests/support/failalloc.h"
 
 #define SEQUENTIAL_KEYS 200000
 #define THREADS 4
@@ -396,37 +397,6 @@ static void content_key_reads_exactly_payload_len_bytes(void **state)
     assert_string_equal(k2, KEY_AB_C);
 }
 
-static long fail_at = -1;
-static long alloc_calls;
-static long live_blocks;
-
-static void *failing_malloc(size_t n)
-{
-    if (alloc_calls++ == fail_at)
-        return NULL;
-    live_blocks++;
-    return malloc(n);
-}
-
-static void *failing_realloc(void *p, size_t n)
-{
-    void *q;
-
-    if (alloc_calls++ == fail_at)
-        return NULL;
-    q = realloc(p, n);
-    if (p == NULL && q != NULL)
-        live_blocks++;
-    return q;
-}
-
-static void counting_free(void *p)
-{
-    if (p != NULL)
-        live_blocks--;
-    free(p);
-}
-
 static void content_key_survives_every_failed_allocation(void **state)
 {
     const char *p = "{\"currency\":\"EUR\",\"amount\":100}";
@@ -437,13 +407,11 @@ static void content_key_survives_every_failed_allocation(void **state)
 
     (void)state;
     for (n = 0;; n++) {
-        fail_at = n;
-        alloc_calls = live_blocks = 0;
-        ob_set_allocator(failing_malloc, failing_realloc, counting_free);
+        obt_failalloc_install(n);
         rc =
             ob_key_content("account", "42", "deposited", p, strlen(p), k, &err);
-        ob_set_allocator(NULL, NULL, NULL);
-        assert_int_equal(live_blocks, 0);
+        obt_failalloc_remove();
+        assert_int_equal(obt_live_blocks, 0);
         if (rc == 0)
             break;
         assert_int_equal(rc, OB_ENOMEM);

@@ -18,6 +18,7 @@
 #include "core/internal.h"
 #include "core/schema_internal.h"
 #include "oncebox/schema.h"
+#include "tests/support/failalloc.h"
 
 static const char *root(void)
 {
@@ -241,40 +242,28 @@ static void render_substitutes_both_placeholders(void **state)
     ob__free(out);
 }
 
-/* Fails the allocation numbered fail_at (0 first); counts them all. */
-static int alloc_count, alloc_fail_at;
-
-static void *failing_malloc(size_t size)
-{
-    return alloc_count++ == alloc_fail_at ? NULL : malloc(size);
-}
-
-static void *failing_realloc(void *ptr, size_t size)
-{
-    return alloc_count++ == alloc_fail_at ? NULL : realloc(ptr, size);
-}
-
 static void render_survives_every_failing_allocation(void **state)
 {
     const char *sql = ob__migrations[0].sql;
     char *good, *out;
+    long n;
 
     (void)state;
     good = ob__schema_render(sql, "s");
     assert_non_null(good);
 
-    for (alloc_fail_at = 0;; alloc_fail_at++) {
-        alloc_count = 0;
-        ob_set_allocator(failing_malloc, failing_realloc, free);
+    for (n = 0;; n++) {
+        obt_failalloc_install(n);
         out = ob__schema_render(sql, "s");
-        ob_set_allocator(NULL, NULL, NULL);
         if (out != NULL) {
-            assert_string_equal(out, good);
+            assert_int_equal(obt_live_blocks, 1);
             ob__free(out);
-            break;
         }
+        assert_int_equal(obt_failalloc_remove(), 0);
+        if (out != NULL)
+            break;
     }
-    assert_true(alloc_fail_at > 0);
+    assert_true(n > 0);
     ob__free(good);
 }
 

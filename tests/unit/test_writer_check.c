@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "oncebox/outbox.h"
+#include "tests/support/failalloc.h"
 
 static ob_writer_t *writer;
 
@@ -271,36 +272,6 @@ static void append_refuses_before_touching_a_connection(void **state)
                                             NULL, &err), OB_EINVAL);
 }
 
-/* Counts live blocks and fails the Nth allocation. */
-static long fail_at = -1, calls, live;
-
-static void *t_malloc(size_t n)
-{
-    if (calls++ == fail_at)
-        return NULL;
-    live++;
-    return malloc(n);
-}
-
-static void *t_realloc(void *p, size_t n)
-{
-    void *q;
-
-    if (calls++ == fail_at)
-        return NULL;
-    q = realloc(p, n);
-    if (p == NULL && q != NULL)
-        live++;
-    return q;
-}
-
-static void t_free(void *p)
-{
-    if (p != NULL)
-        live--;
-    free(p);
-}
-
 static void writer_new_survives_every_failed_allocation(void **state)
 {
     ob_writer_t *w;
@@ -312,9 +283,7 @@ static void writer_new_survives_every_failed_allocation(void **state)
     for (n = 0;; n++) {
         w = NULL;
         conf = NULL;
-        fail_at = n;
-        calls = live = 0;
-        ob_set_allocator(t_malloc, t_realloc, t_free);
+        obt_failalloc_install(n);
         rc = ob_conf_new(&conf, NULL);
         if (rc == 0)
             rc = ob_conf_set(conf, "schema", "Odd \"name\"", NULL);
@@ -322,8 +291,8 @@ static void writer_new_survives_every_failed_allocation(void **state)
             rc = ob_writer_new(&w, conf, NULL);
         ob_writer_destroy(w);
         ob_conf_destroy(conf);
-        ob_set_allocator(NULL, NULL, NULL);
-        assert_int_equal(live, 0);
+        obt_failalloc_remove();
+        assert_int_equal(obt_live_blocks, 0);
         if (rc == 0)
             break;
         assert_int_equal(rc, OB_ENOMEM);
