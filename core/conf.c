@@ -27,6 +27,16 @@ static const struct conf_key conf_keys[] = {
      "idempotency key of events appended without a caller key"},
     {"writer.payload.max.bytes", CONF_INT, "1048576", 1, 1073741824, NULL,
      "largest JSON payload the writer accepts, in bytes"},
+    {"lmdb.map.size.bytes", CONF_INT, "67108864", 16384, 1LL << 40, NULL,
+     "initial LMDB map size of environments opened by oncebox"},
+    {"lmdb.map.max.bytes", CONF_INT, "17179869184", 16384, 1LL << 44, NULL,
+     "largest LMDB map size that growing on MDB_MAP_FULL may reach"},
+    {"lmdb.max.dbs", CONF_INT, "16", 2, 32767, NULL,
+     "named LMDB databases an environment allows, oncebox's included"},
+    {"lmdb.max.readers", CONF_INT, "126", 1, 65535, NULL,
+     "LMDB reader slots: concurrent read transactions of all processes"},
+    {"lmdb.durability", CONF_ENUM, "durable", 0, 0, "durable,nometasync,nosync",
+     "what an LMDB commit flushes: everything, data only, or nothing"},
 };
 
 #define CONF_KEY_COUNT OB__ARRAY_LEN(conf_keys)

@@ -25,6 +25,7 @@
 #define ONCEBOX_DEDUP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "oncebox/core.h"
 
@@ -196,6 +197,338 @@ OB_API int ob_key_content(const char *aggregate_type, const char *aggregate_id,
                           const char *event_type, const char *payload,
                           size_t payload_len, char out[OB_CONTENT_KEY_LEN + 1],
                           ob_error_t *err);
+
+/*
+ * The key store.
+ *
+ * A store remembers which idempotency keys were claimed, per namespace
+ * (one per consumer group, or per API for a service that dedups its own
+ * requests), when, and with which payload hash. Two backends keep the
+ * same semantics:
+ *
+ * - PostgreSQL: the "inbox" table of the oncebox schema (see schema.h),
+ *   on the caller's PGconn and inside the caller's transaction, so the
+ *   claim commits or rolls back with the caller's own writes.
+ * - LMDB: two named databases, "oncebox.dedup.keys" and
+ *   "oncebox.dedup.time", in an environment the caller opened (for
+ *   example with ob_lmdb_env_open()), inside the caller's MDB_txn, so
+ *   the caller's own state can live in the same transaction. User
+ *   databases must not use the "oncebox." prefix.
+ *
+ * Every operation takes the backend's transaction handle as void *txn:
+ * a PGconn * for a PostgreSQL store, an MDB_txn * for an LMDB store.
+ * Passing the other kind is undefined behaviour.
+ *
+ * Semantics, the same on both backends:
+ * - ob_dedup_claim() records a key that is absent and reports it new; a
+ *   key already recorded (committed, or claimed earlier in the same
+ *   transaction) is reported as a duplicate, together with whether its
+ *   stored payload hash differs from the one given. The stored entry is
+ *   never changed by a duplicate claim.
+ * - A claim that is rolled back leaves nothing behind.
+ * - Two transactions that claim one key concurrently: exactly one gets
+ *   "new". On PostgreSQL the second waits until the first ends and then
+ *   sees "duplicate" (or "new", if the first rolled back); on LMDB write
+ *   transactions are serialised anyway.
+ * - Times are milliseconds since the Unix epoch, chosen by the caller or
+ *   taken from this process's wall clock (CLOCK_REALTIME); both backends
+ *   store them exactly (PostgreSQL's timestamptz holds microseconds).
+ * - Retention: ob_dedup_purge() removes keys claimed before a time. Its
+ *   cost is proportional to what it removes, not to the store's size.
+ *   A key must be kept longer than any redelivery can arrive (Kafka
+ *   retention, relay replays): a purged key is claimable again.
+ *
+ * Thread rules: a store is immutable after ob_dedup_*_new(), so one
+ * store may serve many threads at once, each with its own transaction
+ * handle, used as libpq and LMDB allow (a PGconn by one thread at a
+ * time; an MDB_txn by the thread that began it unless the environment
+ * has MDB_NOTLS, and write transactions of one environment serialised).
+ *
+ * Notes:
+ * - Namespaces are 1..OB_DEDUP_NAMESPACE_MAX bytes and keys
+ *   1..OB_KEY_MAX bytes, both UTF-8 without NUL bytes. Anything else is
+ *   refused before the backend is touched (OB_EEMPTY, OB_ETOOLONG,
+ *   OB_EUTF8, OB_ENUL), so bad input never aborts a PostgreSQL
+ *   transaction nor makes an LMDB one unusable.
+ * - On PostgreSQL a claim is one round trip when the key is new and two
+ *   when it is a duplicate (the second reads the stored hash). A server
+ *   error other than the duplicate (connection lost, statement timeout,
+ *   serialization failure under REPEATABLE READ or SERIALIZABLE) aborts
+ *   the transaction as any failing statement does: roll back and retry
+ *   the whole transaction when the error is retriable.
+ * - On LMDB any failing write (MDB_MAP_FULL above all) leaves the
+ *   transaction unusable, as LMDB does: abort it. MDB_MAP_FULL is
+ *   reported as OB_ELMDB with native MDB_MAP_FULL and the retriable flag
+ *   (test with ob_lmdb_error_is_map_full()): abort, grow the map with
+ *   ob_lmdb_env_grow(), and run the transaction again.
+ * - LMDB forbids opening one environment twice in one process (closing
+ *   either handle drops the other's locks) and using an environment in
+ *   a child after fork(). Both are refused with OB_ESTATE: the second
+ *   open by ob_lmdb_env_open() or ob_dedup_lmdb_new(), every store call
+ *   in a forked child.
+ */
+
+/* The longest namespace, in bytes. */
+#define OB_DEDUP_NAMESPACE_MAX 255
+
+/* Bytes of a payload hash: a SHA-256 digest. */
+#define OB_DEDUP_HASH_LEN 32
+
+/* The longest topic name stored with a claim: Kafka's own limit. */
+#define OB_DEDUP_TOPIC_MAX 249
+
+typedef struct ob_dedup ob_dedup_t;
+
+/* Forward declarations, so that this header needs neither lmdb.h nor
+ * libpq-fe.h; they are the same types as MDB_env and MDB_txn. */
+struct MDB_env;
+struct MDB_txn;
+
+/*
+ * What to claim. Initialise with OB_DEDUP_ENTRY_INIT so that size is set
+ * and every field has its default; fields added in later versions then
+ * default as well. Pointers are borrowed for the call only.
+ */
+typedef struct ob_dedup_entry {
+    size_t size;               /* sizeof(ob_dedup_entry_t) */
+    const char *key;           /* required, 1..OB_KEY_MAX bytes */
+    size_t key_len;            /* 0: strlen(key) */
+    const unsigned char *hash; /* OB_DEDUP_HASH_LEN bytes, or NULL */
+    int64_t at_ms;             /* claim time; 0: the wall clock now */
+    const char *topic;         /* where it came from, or NULL */
+    int32_t partition;         /* -1: none */
+    int64_t offset;            /* -1: none */
+} ob_dedup_entry_t;
+
+#define OB_DEDUP_ENTRY_INIT                                                \
+    {.size = sizeof(ob_dedup_entry_t), .partition = -1, .offset = -1}
+
+/* What one claim found. */
+typedef struct ob_dedup_result {
+    int duplicate;         /* 0: new, recorded now; 1: already there */
+    int hash_differs;      /* duplicate whose stored hash is not the one
+                              given (0 when either side has no hash) */
+    int64_t claimed_at_ms; /* when the stored entry was claimed */
+} ob_dedup_result_t;
+
+/* What the store holds for one key. */
+typedef struct ob_dedup_info {
+    int found;             /* 0: absent; every other field is zero */
+    int64_t claimed_at_ms;
+    int has_hash;
+    unsigned char hash[OB_DEDUP_HASH_LEN];
+    int32_t partition;     /* -1: none */
+    int64_t offset;        /* -1: none */
+    char topic[OB_DEDUP_TOPIC_MAX + 1]; /* "" when none */
+} ob_dedup_info_t;
+
+/*
+ * Writes SHA-256(payload[0..len)) into out, the hash that claims store.
+ * payload may be NULL when len is 0. Hash the bytes exactly as received:
+ * two spellings of one JSON document hash differently (use
+ * ob_json_canonicalize() first when they must not).
+ * Errors: OB_EINVAL (out NULL, or payload NULL with len > 0),
+ * OB_ENOMEM (retriable), OB_EINTERNAL (the SHA-256 implementation).
+ */
+OB_API int ob_dedup_hash(const void *payload, size_t len,
+                         unsigned char out[OB_DEDUP_HASH_LEN],
+                         ob_error_t *err);
+
+/*
+ * Checks a namespace (NUL-terminated) and a key (key_len bytes, 0:
+ * strlen) as every store call does, without touching a store: OB_EEMPTY,
+ * OB_ETOOLONG, OB_EUTF8 or OB_ENUL with a message naming the field.
+ */
+OB_API int ob_dedup_check(const char *ns, const char *key, size_t key_len,
+                          ob_error_t *err);
+
+/*
+ * A new PostgreSQL store. Reads "schema" from conf (NULL: defaults); the
+ * schema must have been migrated (ob_schema_migrate()). Keeps no
+ * connection. Free with ob_dedup_destroy().
+ * Errors: OB_EINVAL (dp NULL), OB_ENOMEM.
+ */
+OB_API int ob_dedup_pg_new(ob_dedup_t **dp, const ob_conf_t *conf,
+                           ob_error_t *err);
+
+/*
+ * A new LMDB store in env, which the caller opened (ob_lmdb_env_open()
+ * or mdb_env_open() with room for two more named databases, see
+ * mdb_env_set_maxdbs()) and which must stay open until
+ * ob_dedup_destroy(); env stays the caller's. conf may be NULL; it is
+ * only read for "lmdb.map.max.bytes" when env was not opened by
+ * ob_lmdb_env_open().
+ *
+ * Creates the store's two databases when missing, in a write
+ * transaction of its own: call it from a thread that has no
+ * transaction open on env. Clears stale reader slots left by dead
+ * processes (mdb_reader_check()).
+ *
+ * Errors: OB_EINVAL (dp or env NULL); OB_ESTATE (the same environment
+ * is open under another MDB_env handle in this process, or env was
+ * opened before fork() in a parent); OB_ELMDB (MDB_DBS_FULL: too few
+ * named databases allowed; MDB_READERS_FULL; I/O); OB_ENOMEM.
+ */
+OB_API int ob_dedup_lmdb_new(ob_dedup_t **dp, struct MDB_env *env,
+                             const ob_conf_t *conf, ob_error_t *err);
+
+/* Frees the store (not its environment or connection). NULL is ok. */
+OB_API void ob_dedup_destroy(ob_dedup_t *d);
+
+/* "postgresql" or "lmdb". Static storage; NULL for d NULL. */
+OB_API const char *ob_dedup_backend(const ob_dedup_t *d);
+
+/*
+ * Claims e->key in namespace ns inside txn, see the semantics above;
+ * *res (res may be NULL) says what was found. The entry's hash, time
+ * and source are stored only when the key is new.
+ *
+ * txn: for PostgreSQL a connection inside a transaction (BEGIN first:
+ * otherwise OB_ENOTXN); for LMDB a write transaction of the store's
+ * environment, possibly a nested one.
+ *
+ * Errors, checked in this order; for the first group nothing was sent
+ * and the transaction is as it was:
+ *   OB_EINVAL   d, txn, e NULL, e->size too small, e->at_ms negative,
+ *               partition below -1, offset below -1, or (LMDB) txn of
+ *               another environment
+ *   OB_EEMPTY, OB_ETOOLONG, OB_EUTF8, OB_ENUL
+ *               namespace, key or topic refused (the message names it)
+ *   OB_ENOTXN   (PostgreSQL) no transaction, or an aborted one
+ *   OB_ESTATE   (PostgreSQL) a command is in progress on txn;
+ *               (LMDB) used in a child after fork()
+ * and from the backend:
+ *   OB_EPG      with the SQLSTATE; retriable when the connection broke
+ *               or for a serialization failure or deadlock
+ *   OB_ELMDB    with the MDB code: MDB_MAP_FULL (retriable, see the
+ *               notes), MDB_TXN_FULL (too many changes in one
+ *               transaction: commit smaller batches), EACCES (a read-only
+ *               transaction) ...
+ *   OB_ENOMEM
+ */
+OB_API int ob_dedup_claim(ob_dedup_t *d, void *txn, const char *ns,
+                          const ob_dedup_entry_t *e, ob_dedup_result_t *res,
+                          ob_error_t *err);
+
+/*
+ * Fills *info with what the store holds for key in ns (info->found 0 when
+ * absent: not an error). txn: for PostgreSQL an idle connection or one
+ * inside a transaction; for LMDB any transaction of the environment,
+ * read-only ones included. Errors: those of ob_dedup_claim() (info NULL
+ * is OB_EINVAL; an idle PostgreSQL connection is allowed).
+ */
+OB_API int ob_dedup_lookup(ob_dedup_t *d, void *txn, const char *ns,
+                           const char *key, size_t key_len,
+                           ob_dedup_info_t *info, ob_error_t *err);
+
+/*
+ * Removes the keys of namespace ns claimed before before_ms (strictly
+ * earlier), oldest first, at most limit of them (0: all), and sets
+ * *removed (removed may be NULL) to how many went. Call it again while
+ * it removes limit keys to purge in bounded transactions.
+ *
+ * Cost: PostgreSQL walks the (namespace, claimed_at) index over the rows
+ * it removes. LMDB walks its time index, which is shared by every
+ * namespace of the environment, over the expired entries: those of
+ * other namespaces are stepped over and kept, so one namespace with a
+ * much longer retention than another's purge cutoff costs a walk over
+ * its old entries on every purge of the other.
+ *
+ * txn: for PostgreSQL an idle connection (the purge commits on its own)
+ * or one inside a transaction; for LMDB a write transaction. Removing
+ * keys needs free pages too, so LMDB can report MDB_MAP_FULL here as
+ * well: use a limit. Errors: those of ob_dedup_claim().
+ */
+OB_API int ob_dedup_purge(ob_dedup_t *d, void *txn, const char *ns,
+                          int64_t before_ms, size_t limit, size_t *removed,
+                          ob_error_t *err);
+
+/*
+ * Sets *count to the number of keys of namespace ns, or of all
+ * namespaces for ns NULL. Cost: proportional to the keys counted (LMDB
+ * answers ns NULL at once from its statistics). txn as for
+ * ob_dedup_lookup(). Errors: those of ob_dedup_lookup().
+ */
+OB_API int ob_dedup_count(ob_dedup_t *d, void *txn, const char *ns,
+                          uint64_t *count, ob_error_t *err);
+
+/*
+ * LMDB environments.
+ *
+ * ob_lmdb_env_open() opens (creating when missing) the environment in
+ * directory path with the settings of conf (NULL: defaults):
+ *
+ *   lmdb.map.size.bytes      initial map size (default 64 MiB)
+ *   lmdb.map.max.bytes       ob_lmdb_env_grow() never goes past it
+ *                            (default 16 GiB)
+ *   lmdb.max.dbs             named databases allowed, the store's two
+ *                            and the inbox's included (default 16)
+ *   lmdb.max.readers         reader slots (default 126)
+ *   lmdb.durability          what a commit guarantees:
+ *     "durable"     (default) data and meta page flushed at each commit:
+ *                   a committed transaction survives a crash of the
+ *                   process, of the machine and a power loss.
+ *     "nometasync"  MDB_NOMETASYNC: data flushed at commit, the meta page
+ *                   only at the next commit or mdb_env_sync(): a machine
+ *                   crash or power loss can undo the last committed
+ *                   transaction; the database stays consistent.
+ *     "nosync"      MDB_NOSYNC: nothing flushed at commit: a machine
+ *                   crash or power loss can undo every transaction since
+ *                   the operating system last wrote its buffers (call
+ *                   mdb_env_sync() to bound it); on a file system that
+ *                   does not keep write order it can corrupt the
+ *                   database.
+ *   In every mode a crash of the process alone (kill -9) loses nothing
+ *   that was committed: the data is already in the operating system.
+ *
+ * The environment is opened without MDB_NOTLS (a transaction belongs to
+ * the thread that began it) and without MDB_WRITEMAP. Stale reader slots
+ * left by dead processes are cleared at once.
+ *
+ * *envp is the caller's; close it with ob_lmdb_env_close(), not
+ * mdb_env_close(), so the process-wide record of open environments is
+ * kept right. Errors: OB_EINVAL (envp or path NULL), OB_ESTATE (already
+ * open in this process), OB_ESYS (the directory cannot be made or
+ * read), OB_ELMDB (mdb_env_open() failed: permissions, a file that is
+ * not an LMDB environment, a map size too small for the data),
+ * OB_ENOMEM.
+ */
+OB_API int ob_lmdb_env_open(struct MDB_env **envp, const char *path,
+                            const ob_conf_t *conf, ob_error_t *err);
+
+/*
+ * Closes an environment from ob_lmdb_env_open(). Every transaction must
+ * have ended and every store on it been destroyed. NULL is ok.
+ */
+OB_API void ob_lmdb_env_close(struct MDB_env *env);
+
+/*
+ * Grows env's map: doubles it, at most to max_bytes (0: the
+ * "lmdb.map.max.bytes" env was opened with, or that of the conf given to
+ * ob_dedup_lmdb_new(), else the default), and sets *new_size (new_size
+ * may be NULL) to the size now in effect. Also adopts a larger size set
+ * by another process. No transaction of this process may be active on
+ * env during the call (LMDB's rule for mdb_env_set_mapsize()); LMDB
+ * refuses while a write transaction is (OB_ELMDB, EINVAL).
+ *
+ * Errors: OB_EINVAL (env NULL); OB_ELMDB with native MDB_MAP_FULL and
+ * not retriable when the map is already at the maximum: the data needs
+ * a larger "lmdb.map.max.bytes" or a purge; OB_ELMDB otherwise.
+ */
+OB_API int ob_lmdb_env_grow(struct MDB_env *env, size_t max_bytes,
+                            size_t *new_size, ob_error_t *err);
+
+/*
+ * Clears the reader slots of dead processes (mdb_reader_check()), which
+ * otherwise pin old pages and make the file grow; *cleared (may be NULL)
+ * is how many. Call it now and then in long-running processes (the
+ * inbox does). Errors: OB_EINVAL, OB_ELMDB.
+ */
+OB_API int ob_lmdb_env_reader_check(struct MDB_env *env, int *cleared,
+                                    ob_error_t *err);
+
+/* Non-zero when err is an LMDB MDB_MAP_FULL: grow the map and retry. */
+OB_API int ob_lmdb_error_is_map_full(const ob_error_t *err);
 
 #ifdef __cplusplus
 }
