@@ -19,7 +19,9 @@ CREATE TABLE @SCHEMA@.outbox (
     published_at timestamptz,
     retry_count integer NOT NULL DEFAULT 0,
     last_error text,
-    -- Append order. Only its order within one aggregate means anything:
+    -- Append order. Identity values are unique by construction, so seq
+    -- has no unique index of its own: every append would pay for it.
+    -- Only its order within one aggregate means anything:
     -- values are taken at insert time, not at commit, so a relay must
     -- never treat a gap as "nothing more to come".
     seq bigint GENERATED ALWAYS AS IDENTITY,
@@ -36,7 +38,6 @@ CREATE TABLE @SCHEMA@.outbox (
 
     CONSTRAINT outbox_pkey PRIMARY KEY (id),
     CONSTRAINT outbox_idempotency_key_key UNIQUE (idempotency_key),
-    CONSTRAINT outbox_seq_key UNIQUE (seq),
     CONSTRAINT outbox_aggregate_type_check
         CHECK (octet_length(aggregate_type) BETWEEN 1 AND 100),
     CONSTRAINT outbox_aggregate_id_check

@@ -251,7 +251,6 @@ migrate_creates_every_table_the_trigger_and_the_indexes(void **state)
     assert_index(f->conn, s, "outbox_pkey", "UNIQUE INDEX outbox_pkey");
     assert_index(f->conn, s, "outbox_idempotency_key_key",
                  "UNIQUE INDEX outbox_idempotency_key_key");
-    assert_index(f->conn, s, "outbox_seq_key", "USING btree (seq)");
     assert_index(f->conn, s, "outbox_claim_idx",
                  "USING btree (lane, seq) WHERE (state = 'pending'::text)");
     assert_index(f->conn, s, "outbox_published_at_idx",

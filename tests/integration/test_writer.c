@@ -70,7 +70,8 @@ static int teardown(void **state)
     struct fixture *f = *state;
 
     ob_writer_destroy(f->writer);
-    PQclear(PQexec(f->conn, "ROLLBACK"));
+    if (PQtransactionStatus(f->conn) != PQTRANS_IDLE)
+        PQclear(PQexec(f->conn, "ROLLBACK"));
     obt_drop_schema(f->conn, f->schema);
     PQfinish(f->conn);
     free(f->ident);
@@ -324,6 +325,41 @@ static void a_batch_is_appended_in_order_in_one_call(void **state)
     free(order);
 }
 
+static void a_batch_of_event_id_keys_is_appended_whole(void **state)
+{
+    struct fixture *f = *state;
+    ob_event_t evs[20];
+    ob_append_result_t res[20];
+    char sql[512], payloads[20][32], numbers[20][8], *order;
+    size_t dups = 99, i;
+    ob_error_t err;
+
+    for (i = 0; i < 20; i++) {
+        snprintf(numbers[i], sizeof(numbers[i]), "%zu", i);
+        snprintf(payloads[i], sizeof(payloads[i]), "{\"n\": %s}",
+                 numbers[i]);
+        evs[i] = order_event("o-16", payloads[i]);
+    }
+    obt_exec(f->conn, "BEGIN");
+    assert_int_equal(ob_writer_append_batch(f->writer, f->conn, evs, 20, res,
+                                            &dups, &err), 0);
+    obt_exec(f->conn, "COMMIT");
+
+    assert_int_equal(dups, 0);
+    for (i = 0; i < 20; i++) {
+        assert_false(res[i].duplicate);
+        assert_string_equal(res[i].key, res[i].event_id);
+        assert_row(f, res[i].event_id, "payload->>'n'", numbers[i]);
+    }
+    snprintf(sql, sizeof(sql), "SELECT string_agg(payload->>'n', ',' "
+             "ORDER BY seq) FROM %s.outbox WHERE aggregate_id = 'o-16'",
+             f->ident);
+    order = obt_value(f->conn, sql, 0, NULL);
+    assert_string_equal(order, "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,"
+                               "17,18,19");
+    free(order);
+}
+
 static void one_bad_event_fails_the_whole_batch(void **state)
 {
     struct fixture *f = *state;
@@ -422,6 +458,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(
             a_batch_is_appended_in_order_in_one_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            a_batch_of_event_id_keys_is_appended_whole, setup, teardown),
         cmocka_unit_test_setup_teardown(one_bad_event_fails_the_whole_batch,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(a_missing_schema_is_a_postgres_error,
