@@ -563,8 +563,63 @@ static int keys_fresh(const ob_writer_t *w, const ob_event_t *events,
     return 1;
 }
 
+/*
+ * Runs the insert and then COMMIT as one pipeline, so both cost a single
+ * round trip. On success *resp is the insert's result.
+ */
+static int exec_commit(PGconn *conn, const char *sql,
+                       const char *const *values, PGresult **resp,
+                       ob_error_t *err)
+{
+    int query = 0, rc = 0, synced = 0;
+    PGresult *res;
+
+    if (!PQenterPipelineMode(conn))
+        return ob__error_pg(err, conn, NULL, "append");
+    if (!PQsendQueryParams(conn, sql, COL_COUNT, NULL, values, NULL, NULL,
+                           0) ||
+        !PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) ||
+        !PQpipelineSync(conn)) {
+        rc = ob__error_pg(err, conn, NULL, "append");
+        goto exit_pipeline;
+    }
+
+    /* The insert's result, NULL, COMMIT's result, NULL, the sync. */
+    while (!synced && PQstatus(conn) == CONNECTION_OK) {
+        res = PQgetResult(conn);
+        if (res == NULL) {
+            query++;
+            continue;
+        }
+        switch (PQresultStatus(res)) {
+        case PGRES_PIPELINE_SYNC:
+            synced = 1;
+            break;
+        case PGRES_TUPLES_OK:
+        case PGRES_COMMAND_OK:
+            if (query == 0 && rc == 0) {
+                *resp = res;
+                res = NULL;
+            }
+            break;
+        default:
+            if (rc == 0)
+                rc = ob__error_pg(err, conn, res,
+                                  query == 0 ? "append" : "commit");
+        }
+        PQclear(res);
+    }
+    if (!synced && rc == 0)
+        rc = ob__error_pg(err, conn, NULL, "commit");
+
+exit_pipeline:
+    if (!PQexitPipelineMode(conn) && rc == 0)
+        rc = ob__error_pg(err, conn, NULL, "commit");
+    return rc;
+}
+
 static int send_batch(ob_writer_t *w, PGconn *conn,
-                      const ob_event_t *events, size_t count,
+                      const ob_event_t *events, size_t count, int commit,
                       ob_append_result_t *results, size_t *duplicatesp,
                       ob_error_t *err)
 {
@@ -592,13 +647,16 @@ static int send_batch(ob_writer_t *w, PGconn *conn,
     if (rc != 0)
         goto free_params;
 
-    rc = ob__pg_exec_params(conn, w->sql[which], COL_COUNT, values,
-                            "append", &res, err);
+    if (commit)
+        rc = exec_commit(conn, w->sql[which], values, &res, err);
+    else
+        rc = ob__pg_exec_params(conn, w->sql[which], COL_COUNT, values,
+                                "append", &res, err);
     if (rc == 0 && !fresh)
         rc = mark_duplicates(res, results, count, duplicatesp, err);
     if (rc == 0)
-        ob__log(&w->log, OB_LOG_DEBUG, "writer", "appended %zu events",
-                count);
+        ob__log(&w->log, OB_LOG_DEBUG, "writer", "appended %zu events%s",
+                count, commit ? " and committed" : "");
 
 free_params:
     PQclear(res);
@@ -606,10 +664,10 @@ free_params:
     return rc;
 }
 
-int ob_writer_append_batch(ob_writer_t *writer, PGconn *conn,
-                           const ob_event_t *events, size_t count,
-                           ob_append_result_t *results, size_t *duplicatesp,
-                           ob_error_t *err)
+static int append_events(ob_writer_t *writer, PGconn *conn,
+                         const ob_event_t *events, size_t count, int commit,
+                         ob_append_result_t *results, size_t *duplicatesp,
+                         ob_error_t *err)
 {
     ob_append_result_t *own = NULL;
     int rc;
@@ -622,8 +680,10 @@ int ob_writer_append_batch(ob_writer_t *writer, PGconn *conn,
     rc = check_conn(conn, err);
     if (rc == 0)
         rc = check_all(writer, events, count, err);
-    if (rc != 0 || count == 0)
+    if (rc != 0)
         return rc;
+    if (count == 0)
+        return commit ? ob__pg_exec(conn, "COMMIT", "commit", err) : 0;
 
     if (results == NULL) {
         own = ob__calloc(count, sizeof(*own));
@@ -631,9 +691,28 @@ int ob_writer_append_batch(ob_writer_t *writer, PGconn *conn,
             return ob__error_nomem(err, "append results");
         results = own;
     }
-    rc = send_batch(writer, conn, events, count, results, duplicatesp, err);
+    rc = send_batch(writer, conn, events, count, commit, results,
+                    duplicatesp, err);
     ob__free(own);
     return rc;
+}
+
+int ob_writer_append_batch(ob_writer_t *writer, PGconn *conn,
+                           const ob_event_t *events, size_t count,
+                           ob_append_result_t *results, size_t *duplicatesp,
+                           ob_error_t *err)
+{
+    return append_events(writer, conn, events, count, 0, results,
+                         duplicatesp, err);
+}
+
+int ob_writer_append_commit(ob_writer_t *writer, PGconn *conn,
+                            const ob_event_t *events, size_t count,
+                            ob_append_result_t *results, size_t *duplicatesp,
+                            ob_error_t *err)
+{
+    return append_events(writer, conn, events, count, 1, results,
+                         duplicatesp, err);
 }
 
 int ob_writer_append(ob_writer_t *writer, PGconn *conn, const ob_event_t *ev,
@@ -643,6 +722,6 @@ int ob_writer_append(ob_writer_t *writer, PGconn *conn, const ob_event_t *ev,
 
     if (ev == NULL)
         return ob__error_set(err, OB_EINVAL, "event is NULL");
-    return ob_writer_append_batch(writer, conn, ev, 1,
-                                  res != NULL ? res : &own, NULL, err);
+    return append_events(writer, conn, ev, 1, 0, res != NULL ? res : &own,
+                         NULL, err);
 }

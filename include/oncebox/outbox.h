@@ -153,6 +153,23 @@ OB_API int ob_writer_append_batch(ob_writer_t *writer, PGconn *conn,
                                   ob_append_result_t *results,
                                   size_t *duplicatesp, ob_error_t *err);
 
+
+/*
+ * Appends count events (count may be 0) and commits the caller's
+ * transaction, both in one round trip (libpq pipeline mode), so a
+ * one-row business transaction pays no extra round trip for its event.
+ * Same checks and results as ob_writer_append_batch(). On success the
+ * transaction is committed. On OB_EPG, err says which step failed:
+ * after a failed insert ("append: ...") the transaction is aborted and
+ * the caller must roll it back; after a failed commit ("commit: ...")
+ * PostgreSQL has already rolled it back. A commit whose outcome is
+ * unknown because the connection broke is reported as retriable; check
+ * for the events' keys before appending them again.
+ */
+OB_API int ob_writer_append_commit(ob_writer_t *writer, PGconn *conn,
+                                   const ob_event_t *events, size_t count,
+                                   ob_append_result_t *results,
+                                   size_t *duplicatesp, ob_error_t *err);
 #ifdef __cplusplus
 }
 #endif

@@ -377,6 +377,68 @@ static void one_bad_event_fails_the_whole_batch(void **state)
     assert_int_equal(count_rows(f, "true"), 0);
 }
 
+static void append_commit_commits_in_the_same_call(void **state)
+{
+    struct fixture *f = *state;
+    ob_event_t evs[2];
+    ob_append_result_t res[2];
+    size_t dups = 99;
+    ob_error_t err;
+    char sql[256];
+
+    evs[0] = order_event("o-17", "{\"a\": 1}");
+    evs[1] = order_event("o-17", "{\"a\": 2}");
+    evs[1].key = "commit-key";
+    obt_exec(f->conn, "BEGIN");
+    obt_exec(f->conn, "CREATE TABLE %s.domain (n int)", f->ident);
+    assert_int_equal(ob_writer_append_commit(f->writer, f->conn, evs, 2, res,
+                                             &dups, &err), 0);
+    assert_int_equal(PQtransactionStatus(f->conn), PQTRANS_IDLE);
+    assert_int_equal(dups, 0);
+    assert_int_equal(count_rows(f, "aggregate_id = 'o-17'"), 2);
+
+    /* The same key again: reported, nothing added, still committed. */
+    obt_exec(f->conn, "BEGIN");
+    obt_exec(f->conn, "INSERT INTO %s.domain VALUES (1)", f->ident);
+    assert_int_equal(ob_writer_append_commit(f->writer, f->conn, &evs[1], 1,
+                                             res, &dups, &err), 0);
+    assert_true(res[0].duplicate);
+    assert_int_equal(dups, 1);
+    assert_int_equal(PQtransactionStatus(f->conn), PQTRANS_IDLE);
+    assert_int_equal(count_rows(f, "aggregate_id = 'o-17'"), 2);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s.domain", f->ident);
+    assert_int_equal(obt_int(f->conn, sql, 0, NULL), 1);
+
+    /* No events: just the commit. */
+    obt_exec(f->conn, "BEGIN");
+    assert_int_equal(ob_writer_append_commit(f->writer, f->conn, NULL, 0,
+                                             NULL, NULL, &err), 0);
+    assert_int_equal(PQtransactionStatus(f->conn), PQTRANS_IDLE);
+}
+
+static void a_failed_append_commit_leaves_the_rollback_to_the_caller(
+    void **state)
+{
+    struct fixture *f = *state;
+    ob_writer_t *w = writer_for("no_such_schema_here", NULL);
+    ob_event_t ev = order_event("o-18", "{}");
+    ob_error_t err;
+
+    obt_exec(f->conn, "BEGIN");
+    assert_int_equal(ob_writer_append_commit(w, f->conn, &ev, 1, NULL, NULL,
+                                             &err), OB_EPG);
+    assert_string_equal(err.sqlstate, "42P01");
+    assert_non_null(strstr(err.message, "append: "));
+    assert_int_equal(PQpipelineStatus(f->conn), PQ_PIPELINE_OFF);
+    assert_int_equal(PQtransactionStatus(f->conn), PQTRANS_INERROR);
+    obt_exec(f->conn, "ROLLBACK");
+
+    assert_int_equal(ob_writer_append_commit(f->writer, f->conn, &ev, 1,
+                                             NULL, NULL, &err), OB_ENOTXN);
+    assert_int_equal(count_rows(f, "true"), 0);
+    ob_writer_destroy(w);
+}
+
 static void a_missing_schema_is_a_postgres_error(void **state)
 {
     struct fixture *f = *state;
@@ -462,6 +524,11 @@ int main(void)
             a_batch_of_event_id_keys_is_appended_whole, setup, teardown),
         cmocka_unit_test_setup_teardown(one_bad_event_fails_the_whole_batch,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            append_commit_commits_in_the_same_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            a_failed_append_commit_leaves_the_rollback_to_the_caller, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(a_missing_schema_is_a_postgres_error,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(a_quoted_schema_name_works,
