@@ -153,7 +153,6 @@ OB_API int ob_writer_append_batch(ob_writer_t *writer, PGconn *conn,
                                   ob_append_result_t *results,
                                   size_t *duplicatesp, ob_error_t *err);
 
-
 /*
  * Appends count events (count may be 0) and commits the caller's
  * transaction, both in one round trip (libpq pipeline mode), so a
@@ -170,6 +169,7 @@ OB_API int ob_writer_append_commit(ob_writer_t *writer, PGconn *conn,
                                    const ob_event_t *events, size_t count,
                                    ob_append_result_t *results,
                                    size_t *duplicatesp, ob_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif
