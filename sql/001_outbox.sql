@@ -47,10 +47,14 @@ CREATE TABLE @SCHEMA@.outbox (
     CONSTRAINT outbox_idempotency_key_check
         CHECK (octet_length(idempotency_key) BETWEEN 1 AND 255),
     CONSTRAINT outbox_retry_count_check CHECK (retry_count >= 0),
-    -- Kafka's own rule for topic names.
+    -- Kafka's own rule for topic names. The length is checked apart:
+    -- PostgreSQL's regex engine expands a bounded repeat such as
+    -- {1,249} into that many states, which made this check cost about
+    -- 50 us per inserted row; with '+' it costs half a microsecond.
     CONSTRAINT outbox_topic_check
         CHECK (topic IS NULL
-               OR (topic ~ '^[A-Za-z0-9._-]{1,249}$'
+               OR (octet_length(topic) BETWEEN 1 AND 249
+                   AND topic ~ '^[A-Za-z0-9._-]+$'
                    AND topic NOT IN ('.', '..'))),
     -- Header values travel as Kafka header bytes: text only.
     CONSTRAINT outbox_headers_check

@@ -455,6 +455,25 @@ static void a_missing_schema_is_a_postgres_error(void **state)
     ob_writer_destroy(w);
 }
 
+/* Rows written by hand, not through the writer, meet the same rules. */
+static void the_table_refuses_topics_kafka_refuses(void **state)
+{
+    struct fixture *f = *state;
+    static const char insert[] =
+        "INSERT INTO %s.outbox (id, aggregate_type, aggregate_id, "
+        "event_type, payload, idempotency_key, topic) VALUES "
+        "(gen_random_uuid(), 'T', 'a', 'E', '{}', gen_random_uuid()::text, "
+        "%s)";
+
+    obt_exec_fails(f->conn, "23514", insert, f->ident, "'a/b'");
+    obt_exec_fails(f->conn, "23514", insert, f->ident, "'..'");
+    obt_exec_fails(f->conn, "23514", insert, f->ident, "''");
+    obt_exec_fails(f->conn, "23514", insert, f->ident, "repeat('t', 250)");
+    obt_exec(f->conn, insert, f->ident, "repeat('t', 249)");
+    obt_exec(f->conn, insert, f->ident, "'Orders.v1_x-y'");
+    assert_int_equal(count_rows(f, "true"), 2);
+}
+
 static void a_quoted_schema_name_works(void **state)
 {
     struct fixture *f = *state;
@@ -531,6 +550,8 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(a_missing_schema_is_a_postgres_error,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            the_table_refuses_topics_kafka_refuses, setup, teardown),
         cmocka_unit_test_setup_teardown(a_quoted_schema_name_works,
                                         setup_odd, teardown),
         cmocka_unit_test_setup_teardown(
