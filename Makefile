@@ -179,7 +179,7 @@ demo: deps
 	$(MAKE) all
 	bash examples/demo.sh $(BUILD)
 
-install: lib $(BUILD)/oncebox $(BUILD)/oncebox.pc
+install: lib $(BUILD)/oncebox
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(BINDIR) \
 	    $(DESTDIR)$(INCLUDEDIR)/oncebox
 	install -m 644 include/oncebox/*.h $(DESTDIR)$(INCLUDEDIR)/oncebox/
@@ -187,7 +187,9 @@ install: lib $(BUILD)/oncebox $(BUILD)/oncebox.pc
 	install -m 755 $(SHARED_LIB) $(DESTDIR)$(LIBDIR)/
 	ln -sf liboncebox.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liboncebox.so
-	install -m 644 $(BUILD)/oncebox.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    oncebox.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/oncebox.pc
 	install -m 755 $(BUILD)/oncebox $(DESTDIR)$(BINDIR)/
 
 uninstall:

@@ -22,7 +22,6 @@ set -u -o pipefail
 
 ONCEBOX=$OB_BUILD/oncebox
 SECRET=s3cret
-TMP=$(mktemp -d)
 SCHEMAS=()
 CHECKS=0
 FAILED=0
@@ -31,6 +30,7 @@ if [[ ! -x $ONCEBOX ]]; then
     echo "FAIL: $ONCEBOX is missing; build it first"
     exit 1
 fi
+TMP=$(mktemp -d)
 
 psql_test() {
     psql "$ONCEBOX_TEST_DB" -X -q -At -v ON_ERROR_STOP=1 "$@"
