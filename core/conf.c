@@ -27,6 +27,16 @@ static const struct conf_key conf_keys[] = {
      "idempotency key of events appended without a caller key"},
     {"writer.payload.max.bytes", CONF_INT, "1048576", 1, 1073741824, NULL,
      "largest JSON payload the writer accepts, in bytes"},
+    {"relay.retention.s", CONF_INT, "604800", 0, 315360000, NULL,
+     "seconds published outbox rows are kept before the purge deletes "
+     "them"},
+    {"inbox.retention.s", CONF_INT, "604800", 0, 315360000, NULL,
+     "seconds claimed inbox keys are kept; must exceed the redelivery "
+     "horizon"},
+    {"dead_letters.retention.s", CONF_INT, "2592000", 0, 315360000, NULL,
+     "seconds recorded dead letters are kept before the purge"},
+    {"purge.batch.size", CONF_INT, "1000", 1, 100000, NULL,
+     "rows the purge deletes per statement (each its own transaction)"},
     {"lmdb.map.size.bytes", CONF_INT, "67108864", 16384, 1LL << 40, NULL,
      "initial LMDB map size of environments opened by oncebox"},
     {"lmdb.map.max.bytes", CONF_INT, "17179869184", 16384, 1LL << 44, NULL,
