@@ -35,7 +35,7 @@ step "orders_service: 20 orders, every 5th transaction rolled back"
 step "the outbox holds exactly the committed orders' events"
 psql "$ONCEBOX_DB" -X -q -c "
     SELECT count(*) AS events, count(DISTINCT aggregate_id) AS orders,
-           (SELECT count(*) FROM orders) AS order_rows
+           (SELECT count(*) FROM oncebox.orders) AS order_rows
     FROM oncebox.outbox"
 psql "$ONCEBOX_DB" -X -q -c "
     SELECT payload->>'customer_id' AS customer,

@@ -9,6 +9,8 @@
  *   orders_service --db CONNINFO --orders N [--customers K]
  *                  [--rollback-every M] [--seed S] [--schema NAME]
  *
+ * The orders table lives beside the outbox, in the schema --schema names
+ * (default "oncebox"), so runs against different schemas are independent.
  * The database comes from --db, else ONCEBOX_DB, else libpq's PG*
  * variables. The last line of output is one JSON object:
  *   {"committed": N, "rolled_back": M, "balances": {"c-1": cents, ...}}
@@ -32,6 +34,12 @@ struct options {
     long customers;
     long rollback_every;
     uint64_t seed;
+};
+
+/* SQL for the orders table, qualified with the quoted schema name. */
+struct orders_sql {
+    char create[512];
+    char insert[256];
 };
 
 struct tally {
@@ -62,18 +70,17 @@ static int exec_ok(PGconn *conn, const char *sql)
     return ok;
 }
 
-static int insert_order(PGconn *conn, const char *order_id,
-                        const char *customer, long long cents)
+static int insert_order(PGconn *conn, const struct orders_sql *sql,
+                        const char *order_id, const char *customer,
+                        long long cents)
 {
-    const char *sql = "INSERT INTO orders (order_id, customer_id, "
-                      "total_cents) VALUES ($1, $2, $3::bigint)";
     char amount[32];
     const char *values[3] = {order_id, customer, amount};
     PGresult *res;
     int ok;
 
     snprintf(amount, sizeof(amount), "%lld", cents);
-    res = PQexecParams(conn, sql, 3, NULL, values, NULL, NULL, 0);
+    res = PQexecParams(conn, sql->insert, 3, NULL, values, NULL, NULL, 0);
     ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     if (!ok)
         fprintf(stderr, "orders_service: insert order: %s",
@@ -83,7 +90,8 @@ static int insert_order(PGconn *conn, const char *order_id,
 }
 
 /* One order: the domain row and its event in one transaction. */
-static int place_order(PGconn *conn, ob_writer_t *writer, long n,
+static int place_order(PGconn *conn, ob_writer_t *writer,
+                       const struct orders_sql *sql, long n,
                        const struct options *opt, uint64_t *rng,
                        struct tally *t)
 {
@@ -109,7 +117,7 @@ static int place_order(PGconn *conn, ob_writer_t *writer, long n,
     ev.payload = payload;
 
     if (!exec_ok(conn, "BEGIN") ||
-        !insert_order(conn, order_id, customer_id, cents))
+        !insert_order(conn, sql, order_id, customer_id, cents))
         return -1;
     if (ob_writer_append(writer, conn, &ev, NULL, &err) != 0)
         goto fail;
@@ -212,26 +220,36 @@ static int parse_options(int argc, char **argv, struct options *opt)
     return 0;
 }
 
-static int prepare(PGconn *conn, const char *schema)
+static int prepare(PGconn *conn, const char *schema, struct orders_sql *sql)
 {
+    char *ident;
     ob_error_t err;
 
     if (ob_schema_migrate(conn, schema, &err) != 0) {
         fprintf(stderr, "orders_service: migrate: %s\n", err.message);
         return -1;
     }
-    return exec_ok(conn, "CREATE TABLE IF NOT EXISTS orders ("
-                         "order_id text PRIMARY KEY, "
-                         "customer_id text NOT NULL, "
-                         "total_cents bigint NOT NULL, "
-                         "created_at timestamptz NOT NULL DEFAULT now())")
-               ? 0
-               : -1;
+    ident = PQescapeIdentifier(conn, schema, strlen(schema));
+    if (ident == NULL) {
+        fprintf(stderr, "orders_service: %s", PQerrorMessage(conn));
+        return -1;
+    }
+    snprintf(sql->create, sizeof(sql->create),
+             "CREATE TABLE IF NOT EXISTS %s.orders ("
+             "order_id text PRIMARY KEY, customer_id text NOT NULL, "
+             "total_cents bigint NOT NULL, "
+             "created_at timestamptz NOT NULL DEFAULT now())", ident);
+    snprintf(sql->insert, sizeof(sql->insert),
+             "INSERT INTO %s.orders (order_id, customer_id, total_cents) "
+             "VALUES ($1, $2, $3::bigint)", ident);
+    PQfreemem(ident);
+    return exec_ok(conn, sql->create) ? 0 : -1;
 }
 
 int main(int argc, char **argv)
 {
     struct tally t = {0, 0, NULL};
+    struct orders_sql sql;
     ob_writer_t *writer = NULL;
     ob_conf_t *conf = NULL;
     struct options opt;
@@ -248,7 +266,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "orders_service: connect: %s", PQerrorMessage(conn));
         goto finish;
     }
-    if (prepare(conn, opt.schema) != 0)
+    if (prepare(conn, opt.schema, &sql) != 0)
         goto finish;
     if (ob_conf_new(&conf, NULL) != 0 ||
         ob_conf_set(conf, "schema", opt.schema, NULL) != 0 ||
@@ -260,7 +278,7 @@ int main(int argc, char **argv)
         goto finish;
     rng = opt.seed;
     for (n = 0; n < opt.orders; n++) {
-        if (place_order(conn, writer, n, &opt, &rng, &t) != 0)
+        if (place_order(conn, writer, &sql, n, &opt, &rng, &t) != 0)
             goto finish;
     }
     print_tally(&t, opt.customers);
