@@ -137,7 +137,8 @@ static int dump(json_t *doc, int failed, char **jsonp, ob_error_t *err)
     char *text = NULL;
 
     if (doc != NULL && !failed)
-        text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER |
+                                    JSON_REAL_PRECISION(10));
     json_decref(doc);
     return ob__admin_json_out(text, jsonp, err);
 }
