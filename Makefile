@@ -208,4 +208,8 @@ format:
 clean:
 	rm -rf build build-asan
 
+# Object files are kept, not removed as intermediates, so a second make
+# rebuilds nothing.
+.SECONDARY:
+
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

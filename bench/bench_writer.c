@@ -8,7 +8,9 @@
  *   append their B events with one ob_writer_append_batch(), B = 100 and
  *   1000, against the same transactions without the append;
  * - one-row: BEGIN, one order INSERT, one ob_writer_append(), COMMIT,
- *   against BEGIN, INSERT, COMMIT: the time the append adds.
+ *   against BEGIN, INSERT, COMMIT: the time the append adds; and the same
+ *   with ob_writer_append_commit(), which sends the append with the
+ *   COMMIT in one round trip.
  *
  * Durable (synchronous_commit on, fsync on) first, then relaxed
  * (synchronous_commit off), each the median of RUNS runs with the spread.
@@ -196,11 +198,31 @@ static void report_batches(struct bench *bn, int size, int events)
            size, m1, lo1, hi1, m2, lo2, hi2, m1 / m2);
 }
 
-/* Microseconds per one-row transaction, with or without the append. */
-static double run_single(struct bench *bn, int txns, int outbox)
+enum { SINGLE_PLAIN, SINGLE_APPEND, SINGLE_APPEND_COMMIT };
+
+static void single_append(struct bench *bn, struct batch *b, int mode)
+{
+    ob_error_t err;
+    int rc = 0;
+
+    if (mode == SINGLE_APPEND)
+        rc = ob_writer_append(bn->writer, bn->conn, &b->events[0], NULL,
+                              &err);
+    else if (mode == SINGLE_APPEND_COMMIT)
+        rc = ob_writer_append_commit(bn->writer, bn->conn, b->events, 1,
+                                     NULL, NULL, &err);
+    if (rc != 0) {
+        fprintf(stderr, "bench_writer: append: %s\n", err.message);
+        exit(1);
+    }
+    if (mode != SINGLE_APPEND_COMMIT)
+        exec(bn->conn, "COMMIT");
+}
+
+/* Microseconds per one-row transaction. */
+static double run_single(struct bench *bn, int txns, int mode)
 {
     struct batch b;
-    ob_error_t err;
     double t0;
     char ids[64];
     int i;
@@ -212,12 +234,7 @@ static double run_single(struct bench *bn, int txns, int outbox)
         batch_fill(&b, i);
         exec(bn->conn, "BEGIN");
         insert_orders(bn->conn, &b, ids, sizeof(ids));
-        if (outbox && ob_writer_append(bn->writer, bn->conn, &b.events[0],
-                                       NULL, &err) != 0) {
-            fprintf(stderr, "bench_writer: append: %s\n", err.message);
-            exit(1);
-        }
-        exec(bn->conn, "COMMIT");
+        single_append(bn, &b, mode);
     }
     batch_free(&b);
     return (now_s() - t0) * 1e6 / txns;
@@ -225,18 +242,25 @@ static double run_single(struct bench *bn, int txns, int outbox)
 
 static void report_single(struct bench *bn, int txns)
 {
-    double with[16], without[16], lo1, hi1, lo2, hi2, m1, m2;
+    double plain[16], with[16], piped[16], lo[3], hi[3], m[3];
     int r;
 
     for (r = 0; r < bn->runs; r++) {
-        without[r] = run_single(bn, txns, 0);
-        with[r] = run_single(bn, txns, 1);
+        plain[r] = run_single(bn, txns, SINGLE_PLAIN);
+        with[r] = run_single(bn, txns, SINGLE_APPEND);
+        piped[r] = run_single(bn, txns, SINGLE_APPEND_COMMIT);
     }
-    m1 = median(with, bn->runs, &lo1, &hi1);
-    m2 = median(without, bn->runs, &lo2, &hi2);
-    printf("  one-row txn: with append %7.1f us (%.1f..%.1f)   without "
-           "%7.1f us (%.1f..%.1f)   added %.1f us = %+.1f%%\n",
-           m1, lo1, hi1, m2, lo2, hi2, m1 - m2, (m1 - m2) * 100.0 / m2);
+    m[0] = median(plain, bn->runs, &lo[0], &hi[0]);
+    m[1] = median(with, bn->runs, &lo[1], &hi[1]);
+    m[2] = median(piped, bn->runs, &lo[2], &hi[2]);
+    printf("  one-row txn without outbox  %7.1f us (%.1f..%.1f)\n", m[0],
+           lo[0], hi[0]);
+    printf("  with ob_writer_append       %7.1f us (%.1f..%.1f)   added "
+           "%.1f us = %+.1f%%\n", m[1], lo[1], hi[1], m[1] - m[0],
+           (m[1] - m[0]) * 100.0 / m[0]);
+    printf("  with ob_writer_append_commit%7.1f us (%.1f..%.1f)   added "
+           "%.1f us = %+.1f%%\n", m[2], lo[2], hi[2], m[2] - m[0],
+           (m[2] - m[0]) * 100.0 / m[0]);
 }
 
 static void setup(struct bench *bn)
