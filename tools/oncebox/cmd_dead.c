@@ -203,8 +203,8 @@ static int dead_run(cli_t *cli, int argc, char **argv)
 const cli_cmd_t cli_cmd_dead = {
     .name = "dead",
     .summary = "list the parked rows, or replay them",
-    .synopsis = "dead list [--limit N] [--json] | dead replay --id ID | "
-                "dead replay --all   [--db CONNINFO] [--schema NAME]",
+    .synopsis = "dead list [--limit N] [--json] | dead replay (--id ID | "
+                "--all) [--db CONNINFO] [--schema NAME]",
     .options =
         "  list           the parked rows, oldest first, with their last "
         "error\n"

@@ -198,8 +198,8 @@ static int purge_run(cli_t *cli, int argc, char **argv)
 
 const cli_cmd_t cli_cmd_purge = {
     .name = "purge",
-    .summary = "delete published rows, inbox keys and dead letters past "
-               "their retention",
+    .summary = "purge published rows, inbox keys and dead letters by "
+               "retention",
     .synopsis = "purge [--db CONNINFO] [--schema NAME] [--older-than "
                 "DURATION] [--outbox] [--inbox] [--dead-letters] "
                 "[--batch N] [--json]",
