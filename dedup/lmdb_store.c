@@ -188,6 +188,18 @@ static int lmdb_claim(ob_dedup_t *d, void *txn, const ob__dedup_claim_t *c,
     return 0;
 }
 
+static int lmdb_claim_batch(ob_dedup_t *d, void *txn,
+                            const ob__dedup_claim_t *c, size_t n,
+                            ob_dedup_result_t *res, ob_error_t *err)
+{
+    size_t i;
+    int rc = 0;
+
+    for (i = 0; i < n && rc == 0; i++)
+        rc = lmdb_claim(d, txn, &c[i], &res[i], err);
+    return rc;
+}
+
 static int lmdb_lookup(ob_dedup_t *d, void *txn, const ob__dedup_name_t *n,
                        ob_dedup_info_t *info, ob_error_t *err)
 {
@@ -360,7 +372,8 @@ static void lmdb_destroy(ob_dedup_t *d)
 }
 
 static const ob__dedup_ops_t lmdb_ops = {
-    "lmdb", lmdb_claim, lmdb_lookup, lmdb_purge, lmdb_count, lmdb_destroy,
+    "lmdb",     lmdb_claim, lmdb_claim_batch, lmdb_lookup,
+    lmdb_purge, lmdb_count, lmdb_destroy,
 };
 
 /* Opens (creating when missing) the two databases in a transaction. */

@@ -13,23 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/pg.h"
-#include "dedup/store_internal.h"
-
-enum { SQL_CLAIM, SQL_READ, SQL_PURGE, SQL_COUNT_NS, SQL_COUNT_ALL,
-       SQL_COUNT };
-
-typedef struct pg_store {
-    ob_dedup_t base;
-    char *sql[SQL_COUNT];
-} pg_store_t;
-
-/*
- * Times cross as milliseconds since the epoch, both ways exactly:
- * timestamptz holds microseconds, and extract() returns numeric.
- */
-#define MS_TO_TS(p) "timestamptz 'epoch' + " p "::bigint * interval '1 ms'"
-#define TS_TO_MS "floor(extract(epoch FROM claimed_at) * 1000)::bigint"
+#include "dedup/pgstore_internal.h"
 
 /* The statements; SCHEMA_MARK stands for the quoted schema name. */
 #define SCHEMA_MARK "@S@"
@@ -45,6 +29,18 @@ static const char *const sql_templates[SQL_COUNT] = {
         "SELECT encode(payload_hash, 'hex'), " TS_TO_MS ", topic,"
         " \"partition\", \"offset\" FROM @S@.inbox"
         " WHERE namespace = $1 AND idempotency_key = $2",
+    [SQL_CLAIM_MANY] =
+        "INSERT INTO @S@.inbox (namespace, idempotency_key, payload_hash,"
+        " claimed_at, topic, \"partition\", \"offset\")"
+        " SELECT $1, k, decode(h, 'hex'), " MS_TO_TS("a") ", t, p, o"
+        " FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[],"
+        " $6::integer[], $7::bigint[]) AS u(k, h, a, t, p, o)"
+        " ON CONFLICT (namespace, idempotency_key) DO NOTHING"
+        " RETURNING idempotency_key",
+    [SQL_READ_MANY] =
+        "SELECT idempotency_key, encode(payload_hash, 'hex'), " TS_TO_MS
+        " FROM @S@.inbox WHERE namespace = $1"
+        " AND idempotency_key = ANY ($2::text[])",
     [SQL_PURGE] =
         "DELETE FROM @S@.inbox WHERE (namespace, idempotency_key) IN"
         " (SELECT namespace, idempotency_key FROM @S@.inbox"
@@ -56,7 +52,7 @@ static const char *const sql_templates[SQL_COUNT] = {
 
 static void pg_destroy(ob_dedup_t *d)
 {
-    pg_store_t *s = (pg_store_t *)d;
+    ob__pgstore_t *s = (ob__pgstore_t *)d;
     int i;
 
     for (i = 0; i < SQL_COUNT; i++)
@@ -88,7 +84,7 @@ static char *sql_expand(const char *tmpl, const char *ident)
     return out;
 }
 
-static int pg_sql_build(pg_store_t *s, const char *schema, ob_error_t *err)
+static int pg_sql_build(ob__pgstore_t *s, const char *schema, ob_error_t *err)
 {
     char *ident = ob__sql_ident(schema);
     int i;
@@ -105,12 +101,7 @@ static int pg_sql_build(pg_store_t *s, const char *schema, ob_error_t *err)
     return i == SQL_COUNT ? 0 : ob__error_nomem(err, "dedup store");
 }
 
-/*
- * The connection's transaction state: in_txn_only for claims, which
- * must join the caller's transaction; the others may also run on an
- * idle connection.
- */
-static int pg_check_conn(PGconn *conn, int in_txn_only, ob_error_t *err)
+int ob__pgstore_check_conn(PGconn *conn, int in_txn_only, ob_error_t *err)
 {
     switch (PQtransactionStatus(conn)) {
     case PQTRANS_INTRANS:
@@ -134,8 +125,7 @@ static int pg_check_conn(PGconn *conn, int in_txn_only, ob_error_t *err)
     }
 }
 
-/* Writes n bytes as 2n lowercase hex digits and a NUL. */
-static void hex_encode(const unsigned char *bytes, size_t n, char *out)
+void ob__pgstore_hex(const unsigned char *bytes, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";
     size_t i;
@@ -156,8 +146,8 @@ static int hex_value(char c)
     return -1;
 }
 
-/* Decodes exactly OB_DEDUP_HASH_LEN bytes; non-zero on success. */
-static int hash_decode(const char *hex, unsigned char out[OB_DEDUP_HASH_LEN])
+int ob__pgstore_hash_decode(const char *hex,
+                            unsigned char out[OB_DEDUP_HASH_LEN])
 {
     int i, hi, lo;
 
@@ -190,7 +180,7 @@ static int pg_row_info(const PGresult *res, ob_dedup_info_t *info,
     info->found = 1;
     info->claimed_at_ms = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     if (!PQgetisnull(res, 0, 0)) {
-        if (!hash_decode(PQgetvalue(res, 0, 0), info->hash))
+        if (!ob__pgstore_hash_decode(PQgetvalue(res, 0, 0), info->hash))
             return ob__error_set(err, OB_ESCHEMA, "dedup: the stored "
                                  "payload hash is not %d bytes",
                                  OB_DEDUP_HASH_LEN);
@@ -207,7 +197,7 @@ static int pg_row_info(const PGresult *res, ob_dedup_info_t *info,
 }
 
 /* Reads the stored entry of n; info->found stays 0 when there is none. */
-static int pg_read(pg_store_t *s, PGconn *conn, const ob__dedup_name_t *n,
+static int pg_read(ob__pgstore_t *s, PGconn *conn, const ob__dedup_name_t *n,
                    ob_dedup_info_t *info, ob_error_t *err)
 {
     char key[OB_KEY_MAX + 1];
@@ -227,7 +217,7 @@ static int pg_read(pg_store_t *s, PGconn *conn, const ob__dedup_name_t *n,
 }
 
 /* Runs the INSERT; *inserted says whether the key was new. */
-static int pg_insert(pg_store_t *s, PGconn *conn, const ob__dedup_claim_t *c,
+static int pg_insert(ob__pgstore_t *s, PGconn *conn, const ob__dedup_claim_t *c,
                      int *inserted, ob_error_t *err)
 {
     char key[OB_KEY_MAX + 1], hash[2 * OB_DEDUP_HASH_LEN + 1];
@@ -238,7 +228,7 @@ static int pg_insert(pg_store_t *s, PGconn *conn, const ob__dedup_claim_t *c,
 
     key_text(&c->name, key);
     if (c->hash != NULL)
-        hex_encode(c->hash, OB_DEDUP_HASH_LEN, hash);
+        ob__pgstore_hex(c->hash, OB_DEDUP_HASH_LEN, hash);
     snprintf(at, sizeof(at), "%lld", (long long)c->at_ms);
     snprintf(partition, sizeof(partition), "%d", (int)c->partition);
     snprintf(offset, sizeof(offset), "%lld", (long long)c->offset);
@@ -267,7 +257,7 @@ static int pg_insert(pg_store_t *s, PGconn *conn, const ob__dedup_claim_t *c,
 #define CLAIM_ATTEMPTS 3
 
 /* Reads the entry a conflicting INSERT found; *found 0 if it is gone. */
-static int pg_duplicate(pg_store_t *s, PGconn *conn,
+static int pg_duplicate(ob__pgstore_t *s, PGconn *conn,
                         const ob__dedup_claim_t *c, ob_dedup_result_t *res,
                         int *found, ob_error_t *err)
 {
@@ -287,13 +277,13 @@ static int pg_duplicate(pg_store_t *s, PGconn *conn,
     return 0;
 }
 
-static int pg_claim(ob_dedup_t *d, void *txn, const ob__dedup_claim_t *c,
+int ob__pgstore_claim(ob_dedup_t *d, void *txn, const ob__dedup_claim_t *c,
                     ob_dedup_result_t *res, ob_error_t *err)
 {
-    pg_store_t *s = (pg_store_t *)d;
+    ob__pgstore_t *s = (ob__pgstore_t *)d;
     int attempt, inserted, found, rc;
 
-    rc = pg_check_conn(txn, 1, err);
+    rc = ob__pgstore_check_conn(txn, 1, err);
     if (rc != 0)
         return rc;
 
@@ -319,11 +309,11 @@ static int pg_claim(ob_dedup_t *d, void *txn, const ob__dedup_claim_t *c,
 static int pg_lookup(ob_dedup_t *d, void *txn, const ob__dedup_name_t *n,
                      ob_dedup_info_t *info, ob_error_t *err)
 {
-    int rc = pg_check_conn(txn, 0, err);
+    int rc = ob__pgstore_check_conn(txn, 0, err);
 
     if (rc != 0)
         return rc;
-    rc = pg_read((pg_store_t *)d, txn, n, info, err);
+    rc = pg_read((ob__pgstore_t *)d, txn, n, info, err);
     if (rc != 0) {
         memset(info, 0, sizeof(*info));
         info->partition = -1;
@@ -336,14 +326,14 @@ static int pg_purge(ob_dedup_t *d, void *txn, const char *ns, size_t ns_len,
                     int64_t before_ms, size_t limit, size_t *removed,
                     ob_error_t *err)
 {
-    pg_store_t *s = (pg_store_t *)d;
+    ob__pgstore_t *s = (ob__pgstore_t *)d;
     char before[24], lim[24];
     const char *params[3] = {ns, before, limit > 0 ? lim : NULL};
     PGresult *res;
     int rc;
 
     (void)ns_len;
-    rc = pg_check_conn(txn, 0, err);
+    rc = ob__pgstore_check_conn(txn, 0, err);
     if (rc != 0)
         return rc;
 
@@ -361,13 +351,13 @@ static int pg_purge(ob_dedup_t *d, void *txn, const char *ns, size_t ns_len,
 static int pg_count(ob_dedup_t *d, void *txn, const char *ns, size_t ns_len,
                     uint64_t *count, ob_error_t *err)
 {
-    pg_store_t *s = (pg_store_t *)d;
+    ob__pgstore_t *s = (ob__pgstore_t *)d;
     const char *params[1] = {ns};
     PGresult *res;
     int rc;
 
     (void)ns_len;
-    rc = pg_check_conn(txn, 0, err);
+    rc = ob__pgstore_check_conn(txn, 0, err);
     if (rc != 0)
         return rc;
 
@@ -383,13 +373,15 @@ static int pg_count(ob_dedup_t *d, void *txn, const char *ns, size_t ns_len,
 }
 
 static const ob__dedup_ops_t pg_ops = {
-    "postgresql", pg_claim, pg_lookup, pg_purge, pg_count, pg_destroy,
+    "postgresql", ob__pgstore_claim, ob__pgstore_claim_batch,
+    pg_lookup,    pg_purge,          pg_count,
+    pg_destroy,
 };
 
 int ob_dedup_pg_new(ob_dedup_t **dp, const ob_conf_t *conf, ob_error_t *err)
 {
     ob_conf_t *defaults = NULL;
-    pg_store_t *s;
+    ob__pgstore_t *s;
     int rc;
 
     if (dp == NULL)

@@ -148,6 +148,39 @@ int ob_dedup_claim(ob_dedup_t *d, void *txn, const char *ns,
     return d->ops->claim(d, txn, &c, res, err);
 }
 
+int ob_dedup_claim_batch(ob_dedup_t *d, void *txn, const char *ns,
+                         const ob_dedup_entry_t *entries, size_t n,
+                         ob_dedup_result_t *results, ob_error_t *err)
+{
+    ob__dedup_claim_t *cs;
+    size_t i;
+    int rc = 0;
+
+    if (d == NULL || txn == NULL || (n > 0 && (entries == NULL ||
+                                               results == NULL)))
+        return ob__error_set(err, OB_EINVAL, "dedup claim batch: %s is "
+                             "NULL", d == NULL ? "store" : txn == NULL
+                             ? "txn" : entries == NULL ? "entries"
+                             : "results");
+    if (n == 0)
+        return 0;
+
+    cs = ob__calloc(n, sizeof(*cs));
+    if (cs == NULL)
+        return ob__error_nomem(err, "dedup claim batch");
+    for (i = 0; i < n && rc == 0; i++) {
+        rc = check_claim(ns, &entries[i], &cs[i], err);
+        if (rc != 0)
+            ob__error_prefix(err, "entry %zu", i);
+    }
+    if (rc == 0) {
+        memset(results, 0, n * sizeof(*results));
+        rc = d->ops->claim_batch(d, txn, cs, n, results, err);
+    }
+    ob__free(cs);
+    return rc;
+}
+
 int ob_dedup_lookup(ob_dedup_t *d, void *txn, const char *ns,
                     const char *key, size_t key_len, ob_dedup_info_t *info,
                     ob_error_t *err)

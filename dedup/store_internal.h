@@ -39,6 +39,9 @@ typedef struct ob__dedup_ops {
     const char *name;
     int (*claim)(ob_dedup_t *d, void *txn, const ob__dedup_claim_t *c,
                  ob_dedup_result_t *res, ob_error_t *err);
+    /* n > 0 checked claims; results zeroed. */
+    int (*claim_batch)(ob_dedup_t *d, void *txn, const ob__dedup_claim_t *c,
+                       size_t n, ob_dedup_result_t *res, ob_error_t *err);
     int (*lookup)(ob_dedup_t *d, void *txn, const ob__dedup_name_t *n,
                   ob_dedup_info_t *info, ob_error_t *err);
     int (*purge)(ob_dedup_t *d, void *txn, const char *ns, size_t ns_len,

@@ -411,6 +411,27 @@ OB_API int ob_dedup_claim(ob_dedup_t *d, void *txn, const char *ns,
                           ob_error_t *err);
 
 /*
+ * Claims n entries in namespace ns as n calls of ob_dedup_claim() in
+ * order would: results[i] (room for n) is what the i-th claim reports,
+ * and an entry whose key came earlier in the batch is a duplicate of
+ * that earlier entry. Every entry is checked before anything is sent: a
+ * bad one fails the call with its index in the message ("entry 3: key
+ * is empty"), nothing claimed and the transaction as it was.
+ *
+ * PostgreSQL: one round trip when every key is new, two when some are
+ * duplicates (the second reads their stored hashes), whatever n. LMDB:
+ * n claims, no allocation.
+ *
+ * A failure after the checks can leave some of the claims made in txn:
+ * roll it back (a failing PostgreSQL statement has aborted it anyway).
+ * Errors: those of ob_dedup_claim(); OB_EINVAL also for entries or
+ * results NULL with n > 0; OB_ENOMEM (PostgreSQL builds its arrays).
+ */
+OB_API int ob_dedup_claim_batch(ob_dedup_t *d, void *txn, const char *ns,
+                                const ob_dedup_entry_t *entries, size_t n,
+                                ob_dedup_result_t *results, ob_error_t *err);
+
+/*
  * Fills *info with what the store holds for key in ns (info->found 0 when
  * absent: not an error). txn: for PostgreSQL an idle connection or one
  * inside a transaction; for LMDB any transaction of the environment,

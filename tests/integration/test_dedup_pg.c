@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "oncebox/oncebox.h"
+#include "tests/support/failalloc.h"
 #include "tests/support/testlib.h"
 
 struct fixture {
@@ -247,6 +248,44 @@ static void a_new_key_costs_one_round_trip_and_a_duplicate_two(void **state)
     obt_exec(f->conn, "COMMIT");
 }
 
+static void a_batch_costs_one_round_trip_and_two_with_duplicates(
+    void **state)
+{
+    struct fixture *f = *state;
+    ob_dedup_entry_t e[100];
+    ob_dedup_result_t res[100];
+    char keys[100][16];
+    ob_error_t err;
+    FILE *trace;
+    int i;
+
+    for (i = 0; i < 100; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "b-%d", i);
+        e[i] = entry(keys[i], 1000 + i);
+    }
+    obt_exec(f->conn, "BEGIN");
+    trace = tmpfile();
+    assert_non_null(trace);
+    PQtrace(f->conn, trace);
+    PQsetTraceFlags(f->conn, PQTRACE_SUPPRESS_TIMESTAMPS);
+    assert_int_equal(ob_dedup_claim_batch(f->d, f->conn, "g", e, 50, res,
+                                          &err), 0);
+    fflush(trace);
+    assert_int_equal(round_trips(trace), 1);
+
+    /* Half of these were claimed just above. */
+    assert_int_equal(ob_dedup_claim_batch(f->d, f->conn, "g", e + 25, 75,
+                                          res, &err), 0);
+    fflush(trace);
+    assert_int_equal(round_trips(trace), 3);
+    PQuntrace(f->conn);
+    fclose(trace);
+    obt_exec(f->conn, "COMMIT");
+    for (i = 0; i < 75; i++)
+        assert_int_equal(res[i].duplicate, i < 25);
+    assert_int_equal(inbox_rows(f), 100);
+}
+
 /* A claim run on another thread, which blocks on the first's row. */
 struct racer {
     ob_dedup_t *d;
@@ -396,6 +435,43 @@ static void a_schema_name_with_quotes_and_spaces_works(void **state)
     assert_int_equal(inbox_rows(f), 1);
 }
 
+static void every_failed_allocation_of_a_batch_is_reported(void **state)
+{
+    struct fixture *f = *state;
+    ob_dedup_entry_t e[4];
+    ob_dedup_result_t res[4];
+    ob_error_t err;
+    long n, live;
+    int rc;
+
+    e[0] = entry("old", 1);
+    obt_exec(f->conn, "BEGIN");
+    claim_ok(f, f->conn, &e[0]);
+    obt_exec(f->conn, "COMMIT");
+    e[1] = entry("new", 2);
+    e[2] = entry("old", 3);
+    e[3] = entry("new", 4);
+    for (n = 0;; n++) {
+        obt_exec(f->conn, "BEGIN");
+        obt_failalloc_install(n);
+        rc = ob_dedup_claim_batch(f->d, f->conn, "g", e, 4, res, &err);
+        live = obt_failalloc_remove();
+        obt_exec(f->conn, "ROLLBACK");
+        if (live != 0)
+            fail_msg("allocation %ld failed: %ld blocks leaked", n, live);
+        if (rc == 0)
+            break;
+        if (rc != OB_ENOMEM)
+            fail_msg("allocation %ld failed: %s: %s", n, ob_error_name(rc),
+                     err.message);
+    }
+    assert_true(n >= 3);
+    assert_int_equal(res[0].duplicate, 1);
+    assert_int_equal(res[1].duplicate, 0);
+    assert_int_equal(res[2].duplicate, 1);
+    assert_int_equal(res[3].duplicate, 1);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -406,9 +482,11 @@ int main(void)
         T(the_row_holds_the_claim_in_the_schema_columns),
         T(a_row_written_by_sql_reads_back_in_milliseconds),
         T(a_new_key_costs_one_round_trip_and_a_duplicate_two),
+        T(a_batch_costs_one_round_trip_and_two_with_duplicates),
         T(of_two_concurrent_claims_the_second_waits_and_is_a_duplicate),
         T(when_the_first_of_two_claims_rolls_back_the_second_is_new),
         T(a_missing_schema_fails_without_breaking_later_work),
+        T(every_failed_allocation_of_a_batch_is_reported),
         cmocka_unit_test_setup_teardown(
             a_schema_name_with_quotes_and_spaces_works, setup_odd, teardown),
     };

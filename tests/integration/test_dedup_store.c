@@ -639,6 +639,142 @@ static void null_arguments_are_refused(void **state)
     assert_string_equal(ob_dedup_backend(f->d), f->b->name);
 }
 
+static void claim_batch_ok(struct fixture *f, void *txn, const char *ns,
+                           const ob_dedup_entry_t *e, size_t n,
+                           ob_dedup_result_t *res)
+{
+    ob_error_t err;
+
+    memset(res, 0x5a, n * sizeof(*res));
+    if (ob_dedup_claim_batch(f->d, txn, ns, e, n, res, &err) != 0)
+        fail_msg("claim batch: %s: %s", ob_error_name(err.code),
+                 err.message);
+}
+
+static void a_batch_claims_as_claims_one_by_one_would(void **state)
+{
+    struct fixture *f = *state;
+    unsigned char h1[32], h2[32], h3[32];
+    ob_dedup_entry_t e[5];
+    ob_dedup_result_t res[5];
+    void *txn;
+
+    hash_of("1", h1);
+    hash_of("2", h2);
+    hash_of("3", h3);
+    claim_committed(f, "g", "k1", 1000, h1);
+    e[0] = entry("k2", 2000, h1);
+    e[1] = entry("k1", 2001, h2);
+    e[2] = entry("k2", 2002, h3);
+    e[3] = entry("k3", 2003, NULL);
+    e[4] = entry("k1", 2004, h1);
+    txn = f->b->begin(f);
+    claim_batch_ok(f, txn, "g", e, 5, res);
+    f->b->commit(f, txn);
+
+    assert_int_equal(res[0].duplicate, 0);
+    assert_int_equal(res[0].claimed_at_ms, 2000);
+    assert_int_equal(res[1].duplicate, 1);
+    assert_int_equal(res[1].hash_differs, 1);
+    assert_int_equal(res[1].claimed_at_ms, 1000);
+    assert_int_equal(res[2].duplicate, 1);
+    assert_int_equal(res[2].hash_differs, 1);
+    assert_int_equal(res[2].claimed_at_ms, 2000);
+    assert_int_equal(res[3].duplicate, 0);
+    assert_int_equal(res[3].hash_differs, 0);
+    assert_int_equal(res[4].duplicate, 1);
+    assert_int_equal(res[4].hash_differs, 0);
+    assert_int_equal(count(f, "g"), 3);
+    assert_memory_equal(lookup(f, "g", "k2").hash, h1, 32);
+    assert_int_equal(lookup(f, "g", "k3").has_hash, 0);
+}
+
+static void a_batch_with_a_bad_entry_claims_nothing(void **state)
+{
+    struct fixture *f = *state;
+    ob_dedup_entry_t e[3];
+    ob_dedup_result_t res[3];
+    ob_error_t err;
+    void *txn;
+
+    e[0] = entry("good", 1000, NULL);
+    e[1] = entry("also-good", 1000, NULL);
+    e[2] = entry("", 1000, NULL);
+    txn = f->b->begin(f);
+    assert_int_equal(ob_dedup_claim_batch(f->d, txn, "g", e, 3, res, &err),
+                     OB_EEMPTY);
+    assert_string_equal(err.message, "entry 2: key is empty");
+    assert_int_equal(ob_dedup_claim_batch(f->d, txn, "", e, 2, res, &err),
+                     OB_EEMPTY);
+    assert_int_equal(ob_dedup_claim_batch(f->d, txn, "g", NULL, 2, res,
+                                          &err), OB_EINVAL);
+    assert_int_equal(ob_dedup_claim_batch(f->d, txn, "g", e, 0, NULL, &err),
+                     0);
+    claim_batch_ok(f, txn, "g", e, 1, res);
+    f->b->commit(f, txn);
+    assert_int_equal(res[0].duplicate, 0);
+    assert_int_equal(count(f, "g"), 1);
+}
+
+static void a_large_batch_of_odd_keys_mixes_new_and_duplicates(void **state)
+{
+    static const char *const odd[] = {
+        "a\"b", "c\\d", "{e,f}", "NULL", " spaced ", "\xc3\xa9t\xc3\xa9",
+        "", "''",
+    };
+    enum { N = 1000 };
+    struct fixture *f = *state;
+    ob_dedup_entry_t *e = calloc(N, sizeof(*e));
+    ob_dedup_result_t *res = calloc(N, sizeof(*res));
+    char (*keys)[32] = calloc(N, sizeof(*keys));
+    ob_dedup_info_t info;
+    void *txn;
+    int i;
+
+    assert_non_null(e);
+    assert_non_null(res);
+    assert_non_null(keys);
+    for (i = 0; i < N; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "%s%d", odd[i % 8], i / 2);
+        e[i] = entry(keys[i], 5000 + i, NULL);
+        if (i % 3 == 0)
+            claim_committed(f, "g", keys[i], 100, NULL);
+    }
+    txn = f->b->begin(f);
+    claim_batch_ok(f, txn, "g", e, N, res);
+    f->b->commit(f, txn);
+
+    for (i = 0; i < N; i++) {
+        if (res[i].duplicate != (i % 3 == 0))
+            fail_msg("entry %d (%s): duplicate %d", i, keys[i],
+                     res[i].duplicate);
+        assert_int_equal(res[i].claimed_at_ms, i % 3 == 0 ? 100 : 5000 + i);
+    }
+    assert_int_equal(count(f, "g"), N);
+    txn = f->b->begin(f);
+    assert_int_equal(ob_dedup_lookup(f->d, txn, "g", "{e,f}1", 0, &info,
+                                     NULL), 0);
+    f->b->commit(f, txn);
+    assert_int_equal(info.claimed_at_ms, 5002);
+    free(keys);
+    free(res);
+    free(e);
+}
+
+static void a_rolled_back_batch_leaves_nothing(void **state)
+{
+    struct fixture *f = *state;
+    ob_dedup_entry_t e[2];
+    ob_dedup_result_t res[2];
+    void *txn = f->b->begin(f);
+
+    e[0] = entry("k1", 1000, NULL);
+    e[1] = entry("k2", 1000, NULL);
+    claim_batch_ok(f, txn, "g", e, 2, res);
+    f->b->rollback(f, txn);
+    assert_int_equal(count(f, NULL), 0);
+}
+
 #define SUITE_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 static const struct CMUnitTest suite[] = {
@@ -656,6 +792,10 @@ static const struct CMUnitTest suite[] = {
     SUITE_TEST(purge_handles_many_keys_of_one_millisecond),
     SUITE_TEST(counts_follow_claims_and_purges),
     SUITE_TEST(null_arguments_are_refused),
+    SUITE_TEST(a_batch_claims_as_claims_one_by_one_would),
+    SUITE_TEST(a_batch_with_a_bad_entry_claims_nothing),
+    SUITE_TEST(a_large_batch_of_odd_keys_mixes_new_and_duplicates),
+    SUITE_TEST(a_rolled_back_batch_leaves_nothing),
 };
 
 int main(void)

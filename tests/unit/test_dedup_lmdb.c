@@ -576,6 +576,7 @@ static int store_paths(const char *dir)
 {
     ob_dedup_entry_t e = OB_DEDUP_ENTRY_INIT;
     ob_dedup_t *d = NULL, *pg = NULL;
+    ob_dedup_result_t res;
     ob_dedup_info_t info;
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
@@ -591,6 +592,8 @@ static int store_paths(const char *dir)
         rc = mdb_txn_begin(env, NULL, 0, &txn) == 0 ? 0 : OB_ELMDB;
     if (rc == 0)
         rc = ob_dedup_claim(d, txn, "g", &e, NULL, NULL);
+    if (rc == 0)
+        rc = ob_dedup_claim_batch(d, txn, "g", &e, 1, &res, NULL);
     if (rc == 0)
         rc = ob_dedup_lookup(d, txn, "g", "k", 0, &info, NULL);
     if (rc == 0)
