@@ -6,7 +6,8 @@
  *
  *   core.h    version, errors, logging, configuration, allocation
  *   wire.h    what a published Kafka message looks like
- *   dedup.h   idempotency keys: UUIDv7 event ids, content keys, JSON
+ *   dedup.h   idempotency keys (UUIDv7 event ids, content keys, JSON)
+ *             and the key store on PostgreSQL or LMDB
  *   schema.h  the SQL schema and its migrations
  *   outbox.h  the outbox writer, used inside the service's transaction
  *
