@@ -265,7 +265,10 @@ OB_API int ob_key_content(const char *aggregate_type, const char *aggregate_id,
  *   either handle drops the other's locks) and using an environment in
  *   a child after fork(). Both are refused with OB_ESTATE: the second
  *   open by ob_lmdb_env_open() or ob_dedup_lmdb_new(), every store call
- *   in a forked child.
+ *   in a forked child. oncebox knows an environment from the moment
+ *   ob_lmdb_env_open() or ob_dedup_lmdb_new() sees it: one opened with
+ *   mdb_env_open() and handed to neither before a fork() cannot be told
+ *   apart in the child.
  */
 
 /* The longest namespace, in bytes. */
@@ -519,7 +522,10 @@ OB_API int ob_lmdb_env_open(struct MDB_env **envp, const char *path,
 
 /*
  * Closes an environment from ob_lmdb_env_open(). Every transaction must
- * have ended and every store on it been destroyed. NULL is ok.
+ * have ended and every store on it been destroyed. In a child after
+ * fork(), a handle inherited from the parent is only forgotten, not
+ * closed: closing its descriptors would drop the locks the child holds
+ * through a handle of its own on the same files. NULL is ok.
  */
 OB_API void ob_lmdb_env_close(struct MDB_env *env);
 
