@@ -291,6 +291,7 @@ struct racer {
     ob_dedup_t *d;
     PGconn *conn;
     const unsigned char *hash;
+    int batch; /* claim with ob_dedup_claim_batch() */
     int rc;
     ob_dedup_result_t res;
     ob_error_t err;
@@ -302,7 +303,11 @@ static void *racer_run(void *arg)
     ob_dedup_entry_t e = entry("contended", 2000);
 
     e.hash = r->hash;
-    r->rc = ob_dedup_claim(r->d, r->conn, "g", &e, &r->res, &r->err);
+    if (r->batch)
+        r->rc = ob_dedup_claim_batch(r->d, r->conn, "g", &e, 1, &r->res,
+                                     &r->err);
+    else
+        r->rc = ob_dedup_claim(r->d, r->conn, "g", &e, &r->res, &r->err);
     return NULL;
 }
 
@@ -378,6 +383,24 @@ static void of_two_concurrent_claims_the_second_waits_and_is_a_duplicate(
     assert_int_equal(r.res.hash_differs, 1);
     assert_int_equal(r.res.claimed_at_ms, 1000);
     assert_int_equal(inbox_rows(f), 1);
+}
+
+/* The batch reads the stored hash after waiting, so a reuse shows. */
+static void a_batch_waiting_for_a_concurrent_claim_sees_its_hash(
+    void **state)
+{
+    struct fixture *f = *state;
+    unsigned char h2[32];
+    struct racer r;
+
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(ob_dedup_hash("second", 6, h2, NULL), 0);
+    r.hash = h2;
+    r.batch = 1;
+    race(f, "COMMIT", &r);
+    assert_int_equal(r.res.duplicate, 1);
+    assert_int_equal(r.res.hash_differs, 1);
+    assert_int_equal(r.res.claimed_at_ms, 1000);
 }
 
 static void when_the_first_of_two_claims_rolls_back_the_second_is_new(
@@ -484,6 +507,7 @@ int main(void)
         T(a_new_key_costs_one_round_trip_and_a_duplicate_two),
         T(a_batch_costs_one_round_trip_and_two_with_duplicates),
         T(of_two_concurrent_claims_the_second_waits_and_is_a_duplicate),
+        T(a_batch_waiting_for_a_concurrent_claim_sees_its_hash),
         T(when_the_first_of_two_claims_rolls_back_the_second_is_new),
         T(a_missing_schema_fails_without_breaking_later_work),
         T(every_failed_allocation_of_a_batch_is_reported),
