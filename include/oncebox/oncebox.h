@@ -9,7 +9,8 @@
  *   dedup.h   idempotency keys (UUIDv7 event ids, content keys, JSON)
  *             and the key store on PostgreSQL or LMDB
  *   schema.h  the SQL schema and its migrations
- *   outbox.h  the outbox writer, used inside the service's transaction
+ *   outbox.h  the outbox writer, used inside the service's transaction;
+ *             status, parked rows and the retention purge
  *
  * Delivery through Kafka is at-least-once; the consumer's inbox makes
  * its effects happen once. Order holds per aggregate only.
