@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/internal.h"
+#include "oncebox/wire.h"
 
 enum conf_type { CONF_STRING, CONF_INT, CONF_ENUM, CONF_IDENT };
 
@@ -27,6 +28,29 @@ static const struct conf_key conf_keys[] = {
      "idempotency key of events appended without a caller key"},
     {"writer.payload.max.bytes", CONF_INT, "1048576", 1, 1073741824, NULL,
      "largest JSON payload the writer accepts, in bytes"},
+    {"relay.lanes", CONF_INT, "16", 1, 1024, NULL,
+     "lane groups the relays of a schema split the outbox into (all equal)"},
+    {"relay.batch.size", CONF_INT, "500", 1, 100000, NULL,
+     "most rows the relay claims and publishes per transaction"},
+    {"relay.batch.bytes", CONF_INT, "16777216", 1, 1073741824, NULL,
+     "most stored payload bytes per relay batch (at least one row)"},
+    {"relay.poll.interval.ms", CONF_INT, "500", 1, 3600000, NULL,
+     "longest relay wait for work when no NOTIFY comes"},
+    {"relay.lanes.interval.ms", CONF_INT, "1000", 10, 3600000, NULL,
+     "how often a relay rebalances lane groups and takes dead relays'"},
+    {"relay.retry.max", CONF_INT, "10", 1, 1000000, NULL,
+     "failed attempts of a row's own after which the relay parks it"},
+    {"relay.retry.backoff.ms", CONF_INT, "100", 1, 3600000, NULL,
+     "relay retry delay after a row's first failure; doubles each time"},
+    {"relay.retry.backoff.max.ms", CONF_INT, "30000", 1, 86400000, NULL,
+     "longest relay retry delay"},
+    {"relay.park.blocks.aggregate", CONF_ENUM, "true", 0, 0, "true,false",
+     "whether a parked row holds back its aggregate's later rows"},
+    {"relay.topic.template", CONF_STRING, OB_TOPIC_TEMPLATE_DEFAULT, 0, 0,
+     NULL, "topic of rows without one; {aggregate_type} is lower-cased"},
+    {"relay.published", CONF_ENUM, "mark", 0, 0, "mark,delete",
+     "what the relay does with a delivered row: mark it published, or "
+     "delete it"},
     {"relay.retention.s", CONF_INT, "604800", 0, 315360000, NULL,
      "seconds published outbox rows are kept before the purge deletes "
      "them"},

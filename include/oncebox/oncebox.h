@@ -11,6 +11,7 @@
  *   schema.h  the SQL schema and its migrations
  *   outbox.h  the outbox writer, used inside the service's transaction;
  *             status, parked rows and the retention purge
+ *   relay.h   the polling relay: outbox rows to Kafka, in order
  *
  * Delivery through Kafka is at-least-once; the consumer's inbox makes
  * its effects happen once. Order holds per aggregate only.
@@ -23,5 +24,6 @@
 #include "oncebox/dedup.h"
 #include "oncebox/schema.h"
 #include "oncebox/outbox.h"
+#include "oncebox/relay.h"
 
 #endif

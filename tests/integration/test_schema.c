@@ -219,7 +219,7 @@ migrate_creates_every_table_the_trigger_and_the_indexes(void **state)
 
     text = relations(f->conn, s, "r");
     assert_string_equal(text, "consumer_offsets,dead_letters,inbox,"
-                              "oncebox_migrations,outbox");
+                              "oncebox_migrations,outbox,relay_config");
     free(text);
 
     text = column_info(f->conn, s, "outbox", "a.attname");

@@ -11,7 +11,7 @@
 
 /* The commands, in the order --help lists them. Add one line per command. */
 #define CLI_COMMANDS(X)                                                    \
-    X(migrate) X(append) X(status) X(dead) X(purge) X(check)
+    X(migrate) X(append) X(relay) X(status) X(dead) X(purge) X(check)
 
 #define CLI_DECLARE(name) extern const cli_cmd_t cli_cmd_##name;
 CLI_COMMANDS(CLI_DECLARE)
