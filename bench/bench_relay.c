@@ -15,7 +15,14 @@
  *   published_at, and commit after the 100;
  * - baseline 2, the ceiling: librdkafka's idempotent producer (acks=all)
  *   sending the same messages (topic, key, value, headers) from memory;
- * - the oncebox relay, when this build has it (see relay_figures()).
+ * - the oncebox relay (ob_relay_run() in threads of this process, each
+ *   relay with its own PostgreSQL session and producer), 1 and 3 of
+ *   them, from start to the last row published, its default
+ *   configuration; and, at a steady 5,000 events/s appended 10 per
+ *   transaction every 2 ms, the latency from the append's COMMIT
+ *   returning to a consumer in this process receiving the message (an
+ *   upper bound of commit to delivery report), beside the same path for
+ *   the raw producer (produce to receipt, the floor).
  *
  * Every message carries a 200-byte JSON payload; the outbox backlog is
  * appended with ob_writer_append_batch(), 1000 events per transaction,
@@ -23,8 +30,11 @@
  * starts the mock cluster in another process).
  *
  *   bench_relay --db CONNINFO [--runs N] [--rows N] [--naive-rows N]
+ *               [--latency-s S]
  */
 #include <getopt.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +45,7 @@
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 #include <oncebox/oncebox.h>
+#include <oncebox/relay.h>
 
 #define SCHEMA "bench_relay"
 #define NAIVE_SCHEMA "bench_naive"
@@ -43,6 +54,9 @@
 #define APPEND_BATCH 1000
 #define NAIVE_BATCH 100
 #define RUNS_MAX 16
+#define TOPIC "order-events"
+#define STEADY_PER_TXN 10
+#define STEADY_TICK_NS 2000000L /* 10 per 2 ms: 5,000 events/s */
 
 struct bench {
     const char *db;
@@ -52,6 +66,7 @@ struct bench {
     int runs;
     long rows;
     long naive_rows;
+    int latency_s;
 };
 
 /* One message as the relay would send it, for the raw producer. */
@@ -114,18 +129,6 @@ static double median(double *v, int n, double *lo, double *hi)
     return v[n / 2];
 }
 
-/* One figure beside its baseline: "name  M (lo..hi) unit   x ratio". */
-static void report(const char *name, double *v, int n, const char *unit,
-                   double baseline)
-{
-    double lo, hi, m = median(v, n, &lo, &hi);
-
-    printf("  %-44s %9.0f %s (%.0f..%.0f)", name, m, unit, lo, hi);
-    if (baseline > 0)
-        printf("  %6.2fx", m / baseline);
-    putchar('\n');
-}
-
 /* ---- the backlog ---------------------------------------------------- */
 
 static void aggregate_id(char *out, size_t size, long i)
@@ -133,19 +136,16 @@ static void aggregate_id(char *out, size_t size, long i)
     snprintf(out, size, "00000000-0000-4000-8000-%012ld", i % AGGREGATES);
 }
 
-/* A 200-byte JSON object whose "n" is the event's number. */
-static void payload(char *out, size_t size, long n)
+/* A 200-byte JSON object whose "n" is the event's number; out has room
+ * for PAYLOAD_BYTES + 1. */
+static void payload(char *out, long n)
 {
-    static const char pad[] = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-                              "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-                              "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-                              "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
-    int head = snprintf(out, size, "{\"n\": %ld, \"customer\": \"c-%ld\", "
-                        "\"total_cents\": %ld, \"note\": \"", n, n % 977,
-                        (n * 37) % 100000);
+    int head = snprintf(out, PAYLOAD_BYTES, "{\"n\": %ld, \"customer\": "
+                        "\"c-%ld\", \"total_cents\": %ld, \"note\": \"", n,
+                        n % 977, (n * 37) % 100000);
 
-    snprintf(out + head, size - (size_t)head, "%.*s\"}",
-             PAYLOAD_BYTES - head - 2, pad);
+    memset(out + head, 'x', (size_t)(PAYLOAD_BYTES - head - 2));
+    memcpy(out + PAYLOAD_BYTES - 2, "\"}", 3);
 }
 
 struct batch {
@@ -162,7 +162,7 @@ static void batch_fill(struct batch *b, long first, int count)
         ob_event_t *ev = &b->events[i];
 
         aggregate_id(b->aggs[i], sizeof(b->aggs[i]), first + i);
-        payload(b->payloads[i], sizeof(b->payloads[i]), first + i);
+        payload(b->payloads[i], first + i);
         *ev = (ob_event_t)OB_EVENT_INIT;
         ev->aggregate_type = "Order";
         ev->aggregate_id = b->aggs[i];
@@ -517,11 +517,354 @@ static double raw_run(struct bench *bn, const struct message *m, long n)
     return (double)n / t0;
 }
 
+/* ---- the oncebox relay ---------------------------------------------- */
+
+/* One relay on its own thread; the stats callback sums what all publish. */
+struct relay_thread {
+    ob_relay_t *relay;
+    pthread_t thread;
+    uint64_t seen; /* this relay's "published" at its last callback */
+    int rc;
+    ob_error_t err;
+};
+
+static atomic_llong relays_published;
+static atomic_int relays_held;
+
+static void relay_stats(void *opaque, const ob_relay_stats_t *st)
+{
+    struct relay_thread *rt = opaque;
+
+    atomic_fetch_add(&relays_published, (long long)(st->published - rt->seen));
+    rt->seen = st->published;
+    atomic_store(&relays_held, st->lanes_held);
+}
+
+static void *relay_main(void *arg)
+{
+    struct relay_thread *rt = arg;
+
+    rt->rc = ob_relay_run(rt->relay, &rt->err);
+    return NULL;
+}
+
+static void relay_start(struct bench *bn, struct relay_thread *rt)
+{
+    ob_conf_t *conf;
+    ob_error_t err;
+
+    memset(rt, 0, sizeof(*rt));
+    if (ob_conf_new(&conf, &err) != 0 ||
+        ob_conf_set(conf, "schema", SCHEMA, &err) != 0 ||
+        ob_conf_set(conf, "kafka.bootstrap.servers", bn->brokers, &err) != 0 ||
+        ob_relay_new(&rt->relay, bn->db, conf, &err) != 0)
+        die("relay", err.message);
+    ob_conf_destroy(conf);
+    ob_relay_set_stats_cb(rt->relay, relay_stats, rt);
+    if (pthread_create(&rt->thread, NULL, relay_main, rt) != 0)
+        die("relay", "cannot start a thread");
+}
+
+static void relay_finish(struct relay_thread *rt)
+{
+    ob_relay_stop(rt->relay);
+    pthread_join(rt->thread, NULL);
+    if (rt->rc != 0)
+        die("relay", rt->err.message);
+    ob_relay_destroy(rt->relay);
+}
+
+/* Waits until cond() holds, at most limit_s seconds. */
+static void wait_for(int (*cond)(const void *), const void *arg,
+                     double limit_s, const char *what)
+{
+    struct timespec pause = {0, 1000000};
+    double deadline = now_s() + limit_s;
+
+    while (!cond(arg)) {
+        if (now_s() > deadline)
+            die(what, "timed out");
+        nanosleep(&pause, NULL);
+    }
+}
+
+static int published_reached(const void *rows)
+{
+    return atomic_load(&relays_published) >= *(const long *)rows;
+}
+
+/* Events per second of n relays draining a backlog of bn->rows, from
+ * their start (connections and lane groups included) to the last row. */
+static double relay_run(struct bench *bn, int n)
+{
+    struct relay_thread rt[3];
+    double t0;
+    int i;
+
+    backlog_fill(bn, bn->rows);
+    atomic_store(&relays_published, 0);
+    t0 = now_s();
+    for (i = 0; i < n; i++)
+        relay_start(bn, &rt[i]);
+    wait_for(published_reached, &bn->rows, 600, "relay drain");
+    t0 = now_s() - t0;
+    for (i = 0; i < n; i++)
+        relay_finish(&rt[i]);
+    if (query_ll(bn->conn, "SELECT count(*) FROM " SCHEMA ".outbox WHERE "
+                 "state <> 'published'") != 0)
+        die("relay", "rows left unpublished");
+    return (double)bn->rows / t0;
+}
+
+/* ---- latency at a steady rate --------------------------------------- */
+
+/* Per event: when it was committed (or produced), when it arrived. */
+struct latency {
+    long total;
+    double *sent;
+    double *received;
+    atomic_long arrived;
+    atomic_int stop;
+    rd_kafka_t *consumer;
+};
+
+/* Assigns every partition of TOPIC at its current end, so exactly the
+ * messages sent from now on arrive. */
+static rd_kafka_t *consumer_new(struct bench *bn)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    const rd_kafka_metadata_t *md;
+    rd_kafka_topic_partition_list_t *parts;
+    rd_kafka_topic_t *topic;
+    char errstr[512];
+    rd_kafka_t *rk;
+    int i;
+
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", bn->brokers, errstr,
+                          sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "group.id", "bench-relay-latency", errstr,
+                          sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "fetch.wait.max.ms", "5", errstr,
+                          sizeof(errstr)) != RD_KAFKA_CONF_OK)
+        die("consumer configuration", errstr);
+    rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+    if (rk == NULL)
+        die("consumer", errstr);
+
+    topic = rd_kafka_topic_new(rk, TOPIC, NULL);
+    if (rd_kafka_metadata(rk, 0, topic, &md, 10000) != 0 ||
+        md->topic_cnt != 1 || md->topics[0].partition_cnt < 1)
+        die("consumer", "no metadata for " TOPIC);
+    parts = rd_kafka_topic_partition_list_new(md->topics[0].partition_cnt);
+    for (i = 0; i < md->topics[0].partition_cnt; i++) {
+        int64_t lo, hi;
+
+        if (rd_kafka_query_watermark_offsets(rk, TOPIC, i, &lo, &hi,
+                                             10000) != 0)
+            die("consumer", "no watermark offsets");
+        rd_kafka_topic_partition_list_add(parts, TOPIC, i)->offset = hi;
+    }
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(topic);
+    rd_kafka_poll_set_consumer(rk);
+    if (rd_kafka_assign(rk, parts) != 0)
+        die("consumer", "assign failed");
+    rd_kafka_topic_partition_list_destroy(parts);
+    return rk;
+}
+
+/* The event number is the payload's "n", first in the value whether it
+ * comes from memory or from PostgreSQL's jsonb. */
+static void latency_receive(struct latency *lt, const rd_kafka_message_t *m)
+{
+    const char *p;
+    long n;
+
+    if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR || m->len < 8)
+        return;
+    p = memchr(m->payload, ':', m->len < 16 ? m->len : 16);
+    if (p == NULL)
+        return;
+    n = strtol(p + 1, NULL, 10);
+    if (n >= 0 && n < lt->total && lt->received[n] == 0) {
+        lt->received[n] = now_s();
+        atomic_fetch_add(&lt->arrived, 1);
+    }
+}
+
+static void *consumer_main(void *arg)
+{
+    struct latency *lt = arg;
+
+    while (!atomic_load(&lt->stop)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(lt->consumer, 50);
+
+        if (m != NULL) {
+            latency_receive(lt, m);
+            rd_kafka_message_destroy(m);
+        }
+    }
+    return NULL;
+}
+
+/* Sleeps until start + tick * k on the monotonic clock. */
+static void tick_wait(const struct timespec *start, long k)
+{
+    struct timespec t = *start;
+    long long ns = (long long)t.tv_nsec + (long long)k * STEADY_TICK_NS;
+
+    t.tv_sec += (time_t)(ns / 1000000000LL);
+    t.tv_nsec = (long)(ns % 1000000000LL);
+    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL);
+}
+
+/* Appends lt->total events, 10 per transaction every 2 ms. */
+static void steady_append(struct bench *bn, struct latency *lt)
+{
+    struct batch *b = malloc(sizeof(*b));
+    struct timespec start;
+    long k, i;
+
+    if (b == NULL)
+        die("latency", "out of memory");
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (k = 0; k * STEADY_PER_TXN < lt->total; k++) {
+        double t;
+
+        tick_wait(&start, k);
+        append_txn(bn->conn, bn->writer, b, k * STEADY_PER_TXN,
+                   STEADY_PER_TXN);
+        t = now_s();
+        for (i = 0; i < STEADY_PER_TXN; i++)
+            lt->sent[k * STEADY_PER_TXN + i] = t;
+    }
+    free(b);
+}
+
+static void steady_produce(struct bench *bn, struct latency *lt)
+{
+    rd_kafka_t *rk = producer_new(bn->brokers, "5", raw_dr, NULL);
+    struct message m = {TOPIC, NULL, NULL, {{NULL, NULL}}};
+    char agg[40], value[PAYLOAD_BYTES + 1];
+    struct timespec start;
+    long k, i;
+    int h;
+
+    for (h = 0; h < 7; h++) {
+        m.headers[h][0] = (char *)header_names[h];
+        m.headers[h][1] = "bench";
+    }
+    m.key = agg;
+    m.value = value;
+
+    /* A first message, not counted ("n" -1), gets the producer its id
+     * and the partition leaders before the clock starts. */
+    aggregate_id(agg, sizeof(agg), 0);
+    payload(value, -1);
+    raw_produce(rk, &m);
+    rd_kafka_flush(rk, 60000);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (k = 0; k * STEADY_PER_TXN < lt->total; k++) {
+        tick_wait(&start, k);
+        for (i = k * STEADY_PER_TXN; i < (k + 1) * STEADY_PER_TXN; i++) {
+            aggregate_id(agg, sizeof(agg), i);
+            payload(value, i);
+            lt->sent[i] = now_s();
+            raw_produce(rk, &m);
+        }
+    }
+    rd_kafka_flush(rk, 60000);
+    rd_kafka_destroy(rk);
+}
+
+static int arrived_all(const void *arg)
+{
+    const struct latency *lt = arg;
+
+    return atomic_load(&lt->arrived) >= lt->total;
+}
+
+/* Events per second the steady sender reached. */
+static double latency_rate(const struct latency *lt)
+{
+    double span = lt->sent[lt->total - 1] - lt->sent[0];
+
+    return span > 0 ? (double)(lt->total - STEADY_PER_TXN) / span : 0;
+}
+
+/* p50 and p99 in milliseconds of received - sent. */
+static void latency_percentiles(const struct latency *lt, double *p50,
+                                double *p99)
+{
+    double *d = malloc((size_t)lt->total * sizeof(*d));
+    long i;
+
+    if (d == NULL)
+        die("latency", "out of memory");
+    for (i = 0; i < lt->total; i++) {
+        double ms = (lt->received[i] - lt->sent[i]) * 1000.0;
+
+        d[i] = ms > 0 ? ms : 0;
+    }
+    qsort(d, (size_t)lt->total, sizeof(*d), cmp_double);
+    *p50 = d[lt->total / 2];
+    *p99 = d[lt->total * 99 / 100];
+    free(d);
+}
+
+static int relay_holds_all(const void *lanes)
+{
+    return atomic_load(&relays_held) >= *(const int *)lanes;
+}
+
+/* One steady run through the relay (relay 1) or the raw producer (0). */
+static void latency_run(struct bench *bn, int relay, double *p50,
+                        double *p99, double *rate)
+{
+    static const int lanes = OB_STATUS_LANES_DEFAULT;
+    struct latency lt = {0};
+    struct relay_thread rt;
+    pthread_t consumer;
+
+    lt.total = (long)bn->latency_s * 5000;
+    lt.sent = calloc((size_t)lt.total, sizeof(double));
+    lt.received = calloc((size_t)lt.total, sizeof(double));
+    if (lt.sent == NULL || lt.received == NULL)
+        die("latency", "out of memory");
+    lt.consumer = consumer_new(bn);
+    if (pthread_create(&consumer, NULL, consumer_main, &lt) != 0)
+        die("latency", "cannot start a thread");
+
+    if (relay) {
+        exec(bn->conn, "TRUNCATE " SCHEMA ".outbox");
+        atomic_store(&relays_held, 0);
+        relay_start(bn, &rt);
+        wait_for(relay_holds_all, &lanes, 120, "lanes");
+        steady_append(bn, &lt);
+    } else {
+        steady_produce(bn, &lt);
+    }
+    wait_for(arrived_all, &lt, 120, "latency: messages to arrive");
+    if (relay)
+        relay_finish(&rt);
+    atomic_store(&lt.stop, 1);
+    pthread_join(consumer, NULL);
+    rd_kafka_consumer_close(lt.consumer);
+    rd_kafka_destroy(lt.consumer);
+    latency_percentiles(&lt, p50, p99);
+    *rate = latency_rate(&lt);
+    free(lt.sent);
+    free(lt.received);
+}
+
 /* ---- the runs ------------------------------------------------------- */
 
 struct figures {
-    double naive[RUNS_MAX];
-    double raw[RUNS_MAX];
+    double raw[RUNS_MAX], naive[RUNS_MAX];
+    double relay1[RUNS_MAX], relay3[RUNS_MAX];
+    double p50[RUNS_MAX], p99[RUNS_MAX];
+    double raw_p50[RUNS_MAX], raw_p99[RUNS_MAX];
+    double rate[RUNS_MAX], raw_rate[RUNS_MAX];
 };
 
 static double median_of(const double *v, int n)
@@ -532,27 +875,74 @@ static double median_of(const double *v, int n)
     return median(copy, n, &lo, &hi);
 }
 
-static void run_mode(struct bench *bn, const char *label)
+/* "name  M (lo..hi) unit", then "  R x what" for each baseline given. */
+static void report(const char *name, const double *v, int n,
+                   const char *unit, double base1, const char *what1,
+                   double base2, const char *what2)
 {
-    struct figures fg;
+    double copy[RUNS_MAX], lo, hi, m;
+
+    memcpy(copy, v, (size_t)n * sizeof(*v));
+    m = median(copy, n, &lo, &hi);
+    printf("  %-40s %9.*f %s (%.*f..%.*f)", name, m < 100 ? 1 : 0, m, unit,
+           m < 100 ? 1 : 0, lo, m < 100 ? 1 : 0, hi);
+    if (base1 > 0)
+        printf("  %.*fx %s", m / base1 < 0.1 ? 3 : 2, m / base1, what1);
+    if (base2 > 0)
+        printf("  %.*fx %s", m / base2 < 0.1 ? 3 : 2, m / base2, what2);
+    putchar('\n');
+}
+
+static void throughput_runs(struct bench *bn, struct figures *fg, int r)
+{
     struct message *m;
     long n;
-    int r;
 
     backlog_fill(bn, bn->rows);
     m = messages_load(bn, &n);
-    raw_run(bn, m, n < 20000 ? n : 20000); /* warm-up: topic, metadata */
-    for (r = 0; r < bn->runs; r++) {
-        fg.raw[r] = raw_run(bn, m, n);
-        fg.naive[r] = naive_run(bn);
-    }
+    if (r == 0)
+        raw_run(bn, m, n < 20000 ? n : 20000); /* warm-up: topic, metadata */
+    fg->raw[r] = raw_run(bn, m, n);
     messages_free(m, n);
+    fg->naive[r] = naive_run(bn);
+    fg->relay1[r] = relay_run(bn, 1);
+    fg->relay3[r] = relay_run(bn, 3);
+    latency_run(bn, 1, &fg->p50[r], &fg->p99[r], &fg->rate[r]);
+    latency_run(bn, 0, &fg->raw_p50[r], &fg->raw_p99[r], &fg->raw_rate[r]);
+}
+
+static void run_mode(struct bench *bn, const char *label)
+{
+    struct figures fg;
+    double raw, naive;
+    int r, n = bn->runs;
+
+    for (r = 0; r < n; r++)
+        throughput_runs(bn, &fg, r);
+    raw = median_of(fg.raw, n);
+    naive = median_of(fg.naive, n);
 
     printf("%s\n", label);
-    report("baseline 2: raw idempotent producer", fg.raw, bn->runs,
-           "msg/s", 0);
-    report("baseline 1: naive publisher", fg.naive, bn->runs, "events/s",
-           median_of(fg.raw, bn->runs));
+    report("ceiling: raw idempotent producer", fg.raw, n, "msg/s   ", 0,
+           NULL, 0, NULL);
+    report("baseline: naive publisher", fg.naive, n, "events/s", 0, NULL,
+           raw, "of the ceiling");
+    report("oncebox relay, 1 relay", fg.relay1, n, "events/s", naive,
+           "the naive", raw, "of the ceiling");
+    report("oncebox relay, 3 relays", fg.relay3, n, "events/s", naive,
+           "the naive", raw, "of the ceiling");
+    report("latency p50, relay: commit to receipt", fg.p50, n, "ms", 0,
+           NULL, median_of(fg.raw_p50, n), "the raw producer's");
+    report("latency p99, relay: commit to receipt", fg.p99, n, "ms", 0,
+           NULL, median_of(fg.raw_p99, n), "the raw producer's");
+    report("latency p50, raw producer", fg.raw_p50, n, "ms", 0, NULL, 0,
+           NULL);
+    report("latency p99, raw producer", fg.raw_p99, n, "ms", 0, NULL, 0,
+           NULL);
+    report("steady rate reached, appends", fg.rate, n, "events/s", 0, NULL,
+           0, NULL);
+    report("steady rate reached, raw producer", fg.raw_rate, n, "msg/s", 0,
+           NULL, 0, NULL);
 }
 
 static void setup(struct bench *bn)
@@ -577,6 +967,7 @@ static void parse_args(struct bench *bn, int argc, char **argv)
         {"runs", required_argument, NULL, 'r'},
         {"rows", required_argument, NULL, 'n'},
         {"naive-rows", required_argument, NULL, 'N'},
+        {"latency-s", required_argument, NULL, 'l'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -587,19 +978,21 @@ static void parse_args(struct bench *bn, int argc, char **argv)
         case 'r': bn->runs = atoi(optarg); break;
         case 'n': bn->rows = atol(optarg); break;
         case 'N': bn->naive_rows = atol(optarg); break;
+        case 'l': bn->latency_s = atoi(optarg); break;
         default: exit(2);
         }
     }
     if (bn->runs < 1 || bn->runs > RUNS_MAX || bn->rows < APPEND_BATCH ||
-        bn->naive_rows < NAIVE_BATCH || bn->naive_rows > bn->rows)
+        bn->naive_rows < NAIVE_BATCH || bn->naive_rows > bn->rows ||
+        bn->latency_s < 1 || bn->latency_s > 600)
         die("usage", "--runs 1..16, --rows >= 1000, --naive-rows from "
-                     "100 to --rows");
+                     "100 to --rows, --latency-s 1..600");
 }
 
 int main(int argc, char **argv)
 {
     struct bench bn = {getenv("ONCEBOX_DB"), getenv("ONCEBOX_BENCH_BROKERS"),
-                       NULL, NULL, 3, 200000, 5000};
+                       NULL, NULL, 3, 200000, 5000, 10};
 
     parse_args(&bn, argc, argv);
     if (bn.brokers == NULL || bn.brokers[0] == '\0')
@@ -610,13 +1003,19 @@ int main(int argc, char **argv)
     setup(&bn);
 
     printf("bench_relay: %d-byte payloads, backlog %ld events over %d "
-           "aggregates, naive publisher on %ld of them; median of %d runs "
-           "(min..max); ratios against the raw producer\n", PAYLOAD_BYTES,
-           bn.rows, AGGREGATES, bn.naive_rows, bn.runs);
+           "aggregates (the naive publisher: %ld of them, it is slow), "
+           "relays with their default configuration as threads of this "
+           "process, latency over %d s at 5,000 events/s (10 per "
+           "transaction every 2 ms); median of %d runs (min..max)\n",
+           PAYLOAD_BYTES, bn.rows, AGGREGATES, bn.naive_rows, bn.latency_s,
+           bn.runs);
+    /* The relays open their own sessions; libpq gives them PGOPTIONS. */
+    unsetenv("PGOPTIONS");
     exec(bn.conn, "SET synchronous_commit = on");
     run_mode(&bn, "durable (fsync on, synchronous_commit on):");
+    setenv("PGOPTIONS", "-c synchronous_commit=off", 1);
     exec(bn.conn, "SET synchronous_commit = off");
-    run_mode(&bn, "relaxed (synchronous_commit off):");
+    run_mode(&bn, "relaxed (synchronous_commit off, every session):");
 
     ob_writer_destroy(bn.writer);
     PQfinish(bn.conn);
