@@ -79,6 +79,7 @@ static json_t *lanes_json(const ob_status_t *s, int *failed)
 
     put(o, "groups", json_integer(ob_status_lanes(s)), failed);
     put(o, "recorded", json_boolean(ob_status_lanes_recorded(s)), failed);
+    put(o, "relays", json_integer(ob_status_relays(s)), failed);
     put(o, "owned", json_integer(ob_status_lanes_owned(s)), failed);
     for (g = 0; groups != NULL && g < ob_status_lanes(s); g++) {
         json_t *e = json_object();

@@ -37,7 +37,7 @@ struct ob_status {
     char *taken_at;
     long long pending, due, retrying, parked, published;
     double oldest_pending_age, oldest_published_age;
-    int lanes, lanes_recorded, lanes_owned;
+    int lanes, lanes_recorded, lanes_owned, relays;
     struct lane *lane;
     struct inbox_ns *inbox;
     size_t inbox_count;
@@ -91,6 +91,16 @@ static const char owners_sql[] =
     "   WHERE datname = pg_catalog.current_database())"
     " AND l.classid = pg_catalog.hashtext('oncebox.relay:' || $1)::oid"
     " AND l.objid::bigint < $2::bigint";
+
+/* Every live relay holds (hashtext('oncebox.relay.member:' || schema), 0)
+ * in shared mode, so the holders are the relays. */
+static const char relays_sql[] =
+    "SELECT count(*) FROM pg_catalog.pg_locks l"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+    " AND l.database = (SELECT oid FROM pg_catalog.pg_database"
+    "   WHERE datname = pg_catalog.current_database())"
+    " AND l.classid = pg_catalog.hashtext('oncebox.relay.member:' || $1)::oid"
+    " AND l.objid = 0";
 
 static const char inbox_sql[] =
     "SELECT namespace, count(*), " OB__ADMIN_AGE_MS("min(claimed_at)")
@@ -234,6 +244,20 @@ static int read_owners(ob_status_t *s, ob__admin_t *a, ob_error_t *err)
     return nomem ? ob__error_nomem(err, "status") : 0;
 }
 
+static int read_relays(ob_status_t *s, ob__admin_t *a, ob_error_t *err)
+{
+    const char *values[1] = {a->schema};
+    PGresult *res;
+    int rc = ob__pg_exec_params(a->conn, relays_sql, 1, values,
+                                "counting the live relays", &res, err);
+
+    if (rc != 0)
+        return rc;
+    s->relays = (int)ob__admin_ll(res, 0, 0, 0);
+    PQclear(res);
+    return 0;
+}
+
 static int read_lanes(ob_status_t *s, ob__admin_t *a, ob_error_t *err)
 {
     int rc = read_lane_count(s, a, err);
@@ -247,6 +271,8 @@ static int read_lanes(ob_status_t *s, ob__admin_t *a, ob_error_t *err)
     rc = read_lane_pending(s, a, err);
     if (rc == 0)
         rc = read_owners(s, a, err);
+    if (rc == 0)
+        rc = read_relays(s, a, err);
     return rc;
 }
 
@@ -436,6 +462,11 @@ int ob_status_lanes_recorded(const ob_status_t *status)
 int ob_status_lanes_owned(const ob_status_t *status)
 {
     return status != NULL ? status->lanes_owned : 0;
+}
+
+int ob_status_relays(const ob_status_t *status)
+{
+    return status != NULL ? status->relays : 0;
 }
 
 static const struct lane *lane_at(const ob_status_t *status, int g)

@@ -264,6 +264,12 @@ OB_API double ob_status_oldest_published_age(const ob_status_t *status);
 OB_API int ob_status_lanes(const ob_status_t *status);
 OB_API int ob_status_lanes_recorded(const ob_status_t *status);
 OB_API int ob_status_lanes_owned(const ob_status_t *status);
+
+/*
+ * Live relays of the schema: the sessions holding the relays' shared
+ * membership lock (see relay.h), whether or not they hold a group now.
+ */
+OB_API int ob_status_relays(const ob_status_t *status);
 OB_API long long ob_status_lane_pending(const ob_status_t *status, int g);
 OB_API int ob_status_lane_pid(const ob_status_t *status, int g);
 OB_API const char *ob_status_lane_application(const ob_status_t *status,
@@ -307,7 +313,7 @@ OB_API long long ob_status_slot_retained_bytes(const ob_status_t *status,
  * *jsonp (free it with ob_free()): the keys are "schema", "taken_at",
  * "outbox" {pending, due, retrying, parked, published,
  * oldest_pending_age_s, oldest_published_age_s (null when none)},
- * "lanes" {groups, recorded, owned, by_group [{group, pending,
+ * "lanes" {groups, recorded, relays, owned, by_group [{group, pending,
  * owner (null or {pid, application_name, client_addr, since})}]},
  * "inbox" [{namespace, keys, oldest_age_s}] and "replication_slots"
  * [{slot_name, plugin, active, lag_bytes, retained_bytes (null when

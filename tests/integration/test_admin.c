@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <pthread.h>
 
 #include "oncebox/oncebox.h"
 #include "tests/support/testlib.h"
@@ -76,9 +77,13 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Appends n events of aggregates "<prefix>-0".."<prefix>-(n-1)" in one
- * committed batch; their ids go to f->ids from f->count on. */
-static void append_rows(struct fixture *f, const char *prefix, size_t n)
+/*
+ * Appends n events of aggregates "<prefix>-0".."<prefix>-(n-1)" in one
+ * transaction; their ids go to f->ids from f->count on. The event
+ * number park (-1: none) is parked in that same transaction.
+ */
+static void append_rows_with(struct fixture *f, const char *prefix,
+                             size_t n, long park)
 {
     ob_event_t evs[MAX_ROWS];
     ob_append_result_t res[MAX_ROWS];
@@ -99,9 +104,18 @@ static void append_rows(struct fixture *f, const char *prefix, size_t n)
     if (ob_writer_append_batch(f->writer, f->conn, evs, n, res, NULL,
                                &err) != 0)
         fail_msg("append: %s", err.message);
+    if (park >= 0)
+        obt_exec(f->conn, "UPDATE %s.outbox SET state = 'parked', "
+                 "last_error = 'parked on append' WHERE id = '%s'",
+                 f->ident, res[park].event_id);
     obt_exec(f->conn, "COMMIT");
     for (i = 0; i < n; i++)
         memcpy(f->ids[f->count++], res[i].event_id, OB_UUID_LEN + 1);
+}
+
+static void append_rows(struct fixture *f, const char *prefix, size_t n)
+{
+    append_rows_with(f, prefix, n, -1);
 }
 
 /* UPDATE outbox SET <set> WHERE id = ids[i]: what a relay would do. */
@@ -225,6 +239,7 @@ static void status_of_an_empty_outbox_has_no_ages(void **state)
     assert_int_equal(ob_status_lanes(s), OB_STATUS_LANES_DEFAULT);
     assert_int_equal(ob_status_lanes_recorded(s), 0);
     assert_int_equal(ob_status_lanes_owned(s), 0);
+    assert_int_equal(ob_status_relays(s), 0);
     for (g = 0; g < ob_status_lanes(s); g++) {
         assert_int_equal(ob_status_lane_pid(s, g), 0);
         assert_int_equal(ob_status_lane_pending(s, g), 0);
@@ -280,13 +295,24 @@ static PGconn *relay_session(const char *application)
 
 static void take_group(PGconn *conn, const char *schema, int g)
 {
-    char group[16];
+    char group[16], *got;
     const char *params[2] = {schema, group};
 
     snprintf(group, sizeof(group), "%d", g);
-    char *got = obt_value(conn, "SELECT pg_try_advisory_lock(hashtext("
-                          "'oncebox.relay:' || $1), $2::integer)", 2,
+    got = obt_value(conn, "SELECT pg_try_advisory_lock(hashtext("
+                    "'oncebox.relay:' || $1), $2::integer)", 2, params);
+    assert_string_equal(got, "t");
+    free(got);
+}
+
+/* The shared lock every live relay of a schema holds. */
+static void join_relays(PGconn *conn, const char *schema)
+{
+    const char *params[1] = {schema};
+    char *got = obt_value(conn, "SELECT pg_try_advisory_lock_shared("
+                          "hashtext('oncebox.relay.member:' || $1), 0)", 1,
                           params);
+
     assert_string_equal(got, "t");
     free(got);
 }
@@ -304,9 +330,13 @@ static void status_names_the_sessions_that_own_lane_groups(void **state)
     take_group(relay, f->schema, 5);
     take_group(relay, f->schema, 700); /* not a group of 16 */
     take_group(other, "some other schema", 4);
+    join_relays(relay, f->schema);
+    join_relays(other, f->schema);
+    join_relays(other, "some other schema");
 
     s = status_ok(f);
     assert_int_equal(ob_status_lanes_owned(s), 2);
+    assert_int_equal(ob_status_relays(s), 2);
     for (g = 0; g < ob_status_lanes(s); g++) {
         if (g != 3 && g != 5) {
             assert_int_equal(ob_status_lane_pid(s, g), 0);
@@ -457,6 +487,131 @@ static void status_lists_only_oncebox_slots_with_their_lag(void **state)
     free(theirs);
 }
 
+/* A real relay on a thread of this test, against the test broker. */
+struct relay_thread {
+    ob_relay_t *relay;
+    pthread_t thread;
+    int rc;
+    ob_error_t err;
+};
+
+static void *relay_main(void *arg)
+{
+    struct relay_thread *rt = arg;
+
+    rt->rc = ob_relay_run(rt->relay, &rt->err);
+    return NULL;
+}
+
+static void relay_start(struct fixture *f, struct relay_thread *rt)
+{
+    const char *brokers = getenv("ONCEBOX_TEST_BROKERS");
+    ob_conf_t *conf;
+    ob_error_t err;
+
+    if (brokers == NULL || brokers[0] == '\0')
+        fail_msg("ONCEBOX_TEST_BROKERS is not set");
+    memset(rt, 0, sizeof(*rt));
+    assert_int_equal(ob_conf_new(&conf, &err), 0);
+    assert_int_equal(ob_conf_set(conf, "schema", f->schema, &err), 0);
+    assert_int_equal(ob_conf_set(conf, "kafka.bootstrap.servers", brokers,
+                                 &err), 0);
+    if (ob_relay_new(&rt->relay, getenv("ONCEBOX_TEST_DB"), conf, &err) != 0)
+        fail_msg("relay: %s", err.message);
+    ob_conf_destroy(conf);
+    assert_int_equal(pthread_create(&rt->thread, NULL, relay_main, rt), 0);
+}
+
+static void relay_stop(struct relay_thread *rt)
+{
+    ob_relay_stop(rt->relay);
+    pthread_join(rt->thread, NULL);
+    if (rt->rc != 0)
+        fail_msg("relay: %s", rt->err.message);
+    ob_relay_destroy(rt->relay);
+}
+
+/* Status snapshots until pred holds, for at most 60 s. */
+static ob_status_t *status_until(struct fixture *f,
+                                 int (*pred)(const ob_status_t *))
+{
+    long long deadline = obt_now_ms() + 60000;
+    struct timespec pause = {0, 50000000};
+    ob_status_t *s = status_ok(f);
+
+    while (!pred(s) && obt_now_ms() < deadline) {
+        ob_status_destroy(s);
+        nanosleep(&pause, NULL);
+        s = status_ok(f);
+    }
+    return s;
+}
+
+static int relay_owns_every_group(const ob_status_t *s)
+{
+    return ob_status_lanes_owned(s) == ob_status_lanes(s) &&
+           ob_status_relays(s) == 1;
+}
+
+static int nineteen_published(const ob_status_t *s)
+{
+    return ob_status_published(s) == 19 && ob_status_pending(s) == 0;
+}
+
+static int twenty_published(const ob_status_t *s)
+{
+    return ob_status_published(s) == 20 && ob_status_parked(s) == 0;
+}
+
+static int no_relay_left(const ob_status_t *s)
+{
+    return ob_status_relays(s) == 0 && ob_status_lanes_owned(s) == 0;
+}
+
+static void status_shows_a_real_relay_and_replay_reaches_it(void **state)
+{
+    struct fixture *f = *state;
+    struct relay_thread rt;
+    ob_status_t *s;
+    ob_error_t err;
+    char suffix[32];
+    const char *app;
+    int g;
+
+    relay_start(f, &rt);
+    s = status_until(f, relay_owns_every_group);
+    assert_true(relay_owns_every_group(s));
+    assert_int_equal(ob_status_lanes_recorded(s), 1);
+    snprintf(suffix, sizeof(suffix), "/%ld", (long)getpid());
+    for (g = 0; g < ob_status_lanes(s); g++) {
+        app = ob_status_lane_application(s, g);
+        assert_non_null(app);
+        assert_memory_equal(app, "oncebox relay ", 14);
+        assert_string_equal(app + strlen(app) - strlen(suffix), suffix);
+        assert_int_equal(ob_status_lane_pid(s, g), ob_status_lane_pid(s, 0));
+    }
+    ob_status_destroy(s);
+
+    /* Parked in the appending transaction, so the relay never sees the
+     * row pending before the replay. */
+    append_rows_with(f, "real", 20, 7);
+    s = status_until(f, nineteen_published);
+    assert_true(nineteen_published(s));
+    assert_int_equal(ob_status_parked(s), 1);
+    ob_status_destroy(s);
+
+    assert_int_equal(ob_parked_replay(f->conn, f->schema, f->ids[7], NULL,
+                                      &err), 0);
+    s = status_until(f, twenty_published);
+    assert_true(twenty_published(s));
+    ob_status_destroy(s);
+
+    relay_stop(&rt);
+    s = status_until(f, no_relay_left);
+    assert_true(no_relay_left(s));
+    ob_status_destroy(s);
+}
+
 static json_t *json_path(json_t *doc, const char *a, const char *b)
 {
     json_t *v = json_object_get(doc, a);
@@ -505,6 +660,8 @@ static void status_json_holds_the_same_figures(void **state)
     assert_true(json_is_false(json_path(doc, "lanes", "recorded")));
     assert_int_equal(json_integer_value(json_path(doc, "lanes", "owned")),
                      1);
+    assert_int_equal(json_integer_value(json_path(doc, "lanes", "relays")),
+                     0);
 
     groups = json_path(doc, "lanes", "by_group");
     assert_int_equal(json_array_size(groups), 16);
@@ -970,6 +1127,7 @@ int main(void)
         T(status_sizes_the_inbox_per_namespace),
         T(status_lists_only_oncebox_slots_with_their_lag),
         T(status_json_holds_the_same_figures),
+        T(status_shows_a_real_relay_and_replay_reaches_it),
         T(status_refuses_a_schema_that_is_not_migrated),
         T(status_runs_inside_the_callers_transaction),
         T(parked_rows_are_listed_oldest_first),

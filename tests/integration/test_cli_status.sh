@@ -51,7 +51,7 @@ check "status counts parked rows" \
 check "status counts published rows" \
     out_has "  published  2 waiting for the purge, oldest 3.0 d"
 check "status shows the default lane count" \
-    out_has "lanes: 16 groups (default: no relay has run), 0 owned"
+    out_has "lanes: 16 groups (default: no relay has run), 0 owned; 0 relays"
 check "status shows groups without a relay" \
     out_has "  without a relay: groups 0-15 (pending 3)"
 check "status sizes the inbox" out_has "  billing  2 keys, oldest "
@@ -73,7 +73,8 @@ assert (o["pending"], o["due"], o["retrying"], o["parked"],
 assert 3600 <= o["oldest_pending_age_s"] < 4200, o
 assert 3 * 86400 <= o["oldest_published_age_s"] < 3 * 86400 + 600, o
 l = d["lanes"]
-assert (l["groups"], l["recorded"], l["owned"]) == (16, False, 0), l
+assert (l["groups"], l["recorded"], l["owned"], l["relays"]) == \
+    (16, False, 0, 0), l
 assert len(l["by_group"]) == 16
 assert sum(g["pending"] for g in l["by_group"]) == 3
 assert all(g["owner"] is None for g in l["by_group"])
@@ -94,22 +95,26 @@ for g in 2 3 4 9; do
     echo "SELECT pg_advisory_lock(hashtext('oncebox.relay:' || " \
         "\$q\$$S\$q\$), $g);" >&3
 done
+echo "SELECT pg_advisory_lock_shared(hashtext('oncebox.relay.member:' ||" \
+    "\$q\$$S\$q\$), 0);" >&3
 
 owned() {
     psql_test -v s="$S" <<<"SELECT count(*) FROM pg_locks
         WHERE locktype = 'advisory' AND granted AND objsubid = 2
-          AND classid = hashtext('oncebox.relay:' || :'s')::oid"
+          AND classid IN (hashtext('oncebox.relay:' || :'s')::oid,
+                          hashtext('oncebox.relay.member:' || :'s')::oid)"
 }
 deadline=$((SECONDS + 60))
-while [[ $(owned) -lt 4 && $SECONDS -lt $deadline ]]; do sleep 0.1; done
-check "the relay session holds its four groups" test "$(owned)" -eq 4
+while [[ $(owned) -lt 5 && $SECONDS -lt $deadline ]]; do sleep 0.1; done
+check "the relay session holds its groups and membership" \
+    test "$(owned)" -eq 5
 relay_backend=$(psql_test -c "SELECT pid FROM pg_stat_activity
     WHERE application_name = 'oncebox relay clihost/4711'")
 
 run "$ONCEBOX" status --db "$ONCEBOX_TEST_DB" --schema "$S"
 check "status with owners exits 0" rc_is 0
-check "status counts the owned groups" \
-    out_has "16 groups (default: no relay has run), 4 owned"
+check "status counts the owned groups and the relays" \
+    out_has "16 groups (default: no relay has run), 4 owned; 1 relay running"
 check "status names the relay session" \
     out_has "  pid $relay_backend  oncebox relay clihost/4711  127.0.0.1  since"
 check "status lists the relay's groups as ranges" \
@@ -129,7 +134,7 @@ for o in owners.values():
     assert o["application_name"] == "oncebox relay clihost/4711", o
     assert o["client_addr"] == "127.0.0.1", o
     assert o["since"].endswith("Z"), o
-assert d["lanes"]["owned"] == 4
+assert d["lanes"]["owned"] == 4 and d["lanes"]["relays"] == 1, d["lanes"]
 ' "$TMP/out" "$relay_backend"
 
 exec 3>&-
@@ -138,7 +143,7 @@ deadline=$((SECONDS + 60))
 while [[ $(owned) -gt 0 && $SECONDS -lt $deadline ]]; do sleep 0.1; done
 run "$ONCEBOX" status --db "$ONCEBOX_TEST_DB" --schema "$S"
 check "a closed relay session owns nothing" \
-    out_has "16 groups (default: no relay has run), 0 owned"
+    out_has "16 groups (default: no relay has run), 0 owned; 0 relays"
 
 # Usage errors exit 2 before any connection.
 run "$ONCEBOX" status --db "host=127.0.0.1 port=1" --frob

@@ -115,10 +115,10 @@ static void print_lanes(const ob_status_t *s)
     int n = ob_status_lanes(s), owned = ob_status_lanes_owned(s), g;
     long long pending = 0;
 
-    printf("lanes: %d groups (%s), %d owned\n", n,
+    printf("lanes: %d groups (%s), %d owned; %d relay%s running\n", n,
            ob_status_lanes_recorded(s) ? "recorded by the relays"
                                        : "default: no relay has run",
-           owned);
+           owned, ob_status_relays(s), ob_status_relays(s) == 1 ? "" : "s");
     for (g = 0; g < n; g++) {
         if (ob_status_lane_pid(s, g) != 0 && first_of_owner(s, g))
             print_owner(s, g);
