@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults: a throwaway PostgreSQL, the schema,
-# a producer service that writes orders and their events in one
-# transaction each (some rolled back), and one event appended from the
-# command line. Everything it starts is stopped and removed at the end.
+# The main job on embedded defaults: a throwaway PostgreSQL and a mock
+# Kafka broker, the schema, a producer service that writes orders and
+# their events in one transaction each (some rolled back), one event
+# appended from the command line, and the relay publishing the outbox to
+# Kafka, read back with kcat. Everything it starts is stopped and removed
+# at the end.
 #
 #   bash examples/demo.sh BUILD_DIR
 set -euo pipefail
@@ -13,6 +15,7 @@ tmp=$(mktemp -d /tmp/oncebox-demo.XXXXXX)
 chmod 755 "$tmp"
 
 cleanup() {
+    "$root/tests/support/broker" stop "$tmp/broker" >/dev/null 2>&1 || true
     "$root/tests/support/pg-tmp" stop "$tmp/pg" >/dev/null 2>&1 || true
     rm -rf "$tmp"
 }
@@ -24,6 +27,10 @@ step "a throwaway PostgreSQL"
 export ONCEBOX_DB
 ONCEBOX_DB=$("$root/tests/support/pg-tmp" start "$tmp/pg")
 echo "$ONCEBOX_DB"
+
+step "a mock Kafka broker (librdkafka's mock cluster, 3 brokers)"
+brokers=$(OB_BUILD="$build" "$root/tests/support/broker" start "$tmp/broker")
+echo "$brokers"
 
 step "oncebox migrate"
 "$build/oncebox" migrate
@@ -58,5 +65,15 @@ psql "$ONCEBOX_DB" -X -q -c "
     SELECT aggregate_type, aggregate_id, event_type, state,
            left(idempotency_key, 12) || '..' AS key
     FROM oncebox.outbox WHERE aggregate_type = 'Invoice'"
+step "oncebox relay --once: publish everything due, then exit"
+"$build/oncebox" relay --brokers "$brokers" --once
+
+step "the outbox rows are marked published"
+"$build/oncebox" status
+
+step "three of the messages in Kafka, read back with kcat"
+kcat -C -b "$brokers" -t order-events -o beginning -c 3 -e -q -m 30 \
+    -f 'partition %p offset %o key %k\n  headers %h\n  value %s\n'
+
 echo
 echo "demo: done"
