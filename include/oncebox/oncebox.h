@@ -12,6 +12,8 @@
  *   outbox.h  the outbox writer, used inside the service's transaction;
  *             status, parked rows and the retention purge
  *   relay.h   the polling relay: outbox rows to Kafka, in order
+ *   inbox.h   the consumer: handler, inbox claim and offsets in one
+ *             transaction
  *
  * Delivery through Kafka is at-least-once; the consumer's inbox makes
  * its effects happen once. Order holds per aggregate only.
@@ -25,5 +27,6 @@
 #include "oncebox/schema.h"
 #include "oncebox/outbox.h"
 #include "oncebox/relay.h"
+#include "oncebox/inbox.h"
 
 #endif
