@@ -422,7 +422,7 @@ int ob_lmdb_env_grow(MDB_env *env, size_t max_bytes, size_t *new_size,
 {
     MDB_envinfo info;
     MDB_stat st;
-    size_t next;
+    size_t cur, next;
     int rc;
 
     if (env == NULL)
@@ -430,21 +430,31 @@ int ob_lmdb_env_grow(MDB_env *env, size_t max_bytes, size_t *new_size,
     if (max_bytes == 0 && (rc = env_map_max(env, &max_bytes, err)) != 0)
         return rc;
 
-    /* Size 0 adopts what another process may have set already. */
-    rc = mdb_env_set_mapsize(env, 0);
+    /*
+     * Size 0 adopts what another process may have set already. It reads
+     * the size from the last committed meta page, so a growth of this
+     * process that no commit has recorded yet (the batch that needed it
+     * failed again) would be undone: start from the larger of the two.
+     */
+    rc = mdb_env_info(env, &info);
+    cur = info.me_mapsize;
+    if (rc == 0)
+        rc = mdb_env_set_mapsize(env, 0);
     if (rc == 0)
         rc = mdb_env_info(env, &info);
     if (rc == 0)
         rc = mdb_env_stat(env, &st);
     if (rc != 0)
         return ob__error_lmdb(err, rc, "LMDB grow");
+    if (info.me_mapsize > cur)
+        cur = info.me_mapsize;
 
-    next = next_map_size(info.me_mapsize, max_bytes, st.ms_psize);
-    if (next <= info.me_mapsize)
+    next = next_map_size(cur, max_bytes, st.ms_psize);
+    if (next <= cur)
         return ob__error_full(err, OB_ELMDB, OB_DOMAIN_LMDB, MDB_MAP_FULL,
                               0, "LMDB map is %zu bytes, at its maximum "
                               "of %zu (lmdb.map.max.bytes): raise it or "
-                              "purge", info.me_mapsize, max_bytes);
+                              "purge", cur, max_bytes);
 
     rc = mdb_env_set_mapsize(env, next);
     if (rc != 0)

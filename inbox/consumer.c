@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "inbox/internal.h"
+#include "inbox/store_lmdb.h"
 
 /* Longest wait in one poll while idle, so that stops are seen soon. */
 #define POLL_IDLE_MS 100
@@ -201,6 +202,12 @@ static int consumer_configure(ob_consumer_t *c, const ob_conf_t *conf,
 int ob_consumer_new_pg(ob_consumer_t **cp, const ob_conf_t *conf,
                        const char *conninfo, ob_error_t *err)
 {
+    return ob__consumer_new(cp, conf, conninfo, NULL, err);
+}
+
+int ob__consumer_new(ob_consumer_t **cp, const ob_conf_t *conf,
+                     const char *conninfo, MDB_env *env, ob_error_t *err)
+{
     ob_consumer_t *c;
     int rc;
 
@@ -218,7 +225,8 @@ int ob_consumer_new_pg(ob_consumer_t **cp, const ob_conf_t *conf,
     c->rng = (uint64_t)ob__wall_ms() ^ (uint64_t)(uintptr_t)c;
     rc = consumer_configure(c, conf, err);
     if (rc == 0)
-        rc = ob__inbox_pg_new(&c->store, conf, conninfo, err);
+        rc = env == NULL ? ob__inbox_pg_new(&c->store, conf, conninfo, err)
+                         : ob__inbox_lmdb_new(&c->store, conf, env, err);
     if (rc == 0) {
         c->batch = ob__calloc(c->set.batch_size, sizeof(*c->batch));
         if (c->batch == NULL)
