@@ -75,5 +75,25 @@ step "three of the messages in Kafka, read back with kcat"
 kcat -C -b "$brokers" -t order-events -o beginning -c 3 -e -q -m 30 \
     -f 'partition %p offset %o key %k\n  headers %h\n  value %s\n'
 
+step "billing_consumer: each event applied once, in the handler's transaction"
+"$build/examples/billing_consumer" --brokers "$brokers" --idle-exit-ms 3000
+psql "$ONCEBOX_DB" -X -q -c "
+    SELECT customer_id, total_cents FROM billing_balances ORDER BY 1"
+echo "orders_service reported: $(tail -n 1 "$tmp/orders.json")"
+
+step "the relay publishes everything again; the consumer applies nothing twice"
+psql "$ONCEBOX_DB" -X -q -c "
+    UPDATE oncebox.outbox SET state = 'pending', published_at = NULL"
+"$build/oncebox" relay --brokers "$brokers" --once -q
+"$build/examples/billing_consumer" --brokers "$brokers" --idle-exit-ms 3000
+psql "$ONCEBOX_DB" -X -q -c "
+    SELECT count(*) AS applied, count(DISTINCT idempotency_key) AS distinct_keys
+    FROM billing_applied"
+
+step "ledger_lmdb: the same events into an LMDB inbox"
+"$build/examples/ledger_lmdb" --path "$tmp/ledger" --brokers "$brokers" \
+    --idle-exit-ms 3000
+"$build/examples/ledger_lmdb" --path "$tmp/ledger" --dump
+
 echo
 echo "demo: done"
