@@ -33,6 +33,16 @@
  *   instead bounds a whole batch: when it expires, the batch's
  *   undelivered messages are purged, recorded as failed attempts, and
  *   the producer is replaced by a new one.
+ * - librdkafka may send a partition's next request after the previous
+ *   one failed; Apache Kafka brokers refuse it (it breaks the idempotent
+ *   producer's sequence), other Kafka-protocol brokers may not (the
+ *   mock cluster does not). So the relay sends each partition's part of
+ *   a batch as one request: it sets linger.ms long (1000) and flushes
+ *   after a batch's last row, and batch.num.messages to at least
+ *   "relay.batch.size". Where a part is larger than one request may be
+ *   (librdkafka's batch.size, the broker's message.max.bytes, about
+ *   1 MB by default), or "kafka.linger.ms" is set short, order after a
+ *   failed request relies on the broker refusing what follows it.
  *
  * Lanes: outbox.lane is a hash bucket 0..1023 of the aggregate id, and a
  * row belongs to lane group lane % "relay.lanes". A relay publishes a
@@ -177,22 +187,25 @@ OB_API void ob_relay_stats(const ob_relay_t *relay, ob_relay_stats_t *stats);
 /*
  * Publishes until ob_relay_stop(): connects, takes its share of the
  * lane groups, and relays batch after batch, waking on NOTIFY and at
- * least every "relay.poll.interval.ms". A lost PostgreSQL session is
- * opened again with a backoff (up to 5 s between attempts), its groups
- * taken again; a Kafka outage is retried without end. Returns 0 after
- * ob_relay_stop(), once the batch in flight is delivered (or timed out)
- * and committed.
+ * least every "relay.poll.interval.ms". Once connected, a lost
+ * PostgreSQL session is opened again with a backoff (up to 5 s between
+ * attempts) and its groups taken again; a Kafka outage is retried
+ * without end. Returns 0 after ob_relay_stop(), once the batch in
+ * flight is delivered (or timed out) and committed; the session, and
+ * with it every lane group, is closed then.
  *
  * Errors, after which the relay stops (destroy it or run it again):
+ *   OB_EPG      the first connection failed (a wrong conninfo fails
+ *               fast; ob_error_is_retriable() tells a server that may
+ *               come up from a refusal), or PostgreSQL refused a request
+ *               for a reason retrying will not change (sqlstate says
+ *               why, e.g. 42501 for a missing privilege)
  *   OB_ESCHEMA  the schema is missing or older than this relay needs
  *               (run ob_schema_migrate()), or newer than it knows
  *   OB_ECONF    "relay.lanes" differs from the schema's relay_config
- *   OB_EPG      PostgreSQL refused a request for a reason retrying will
- *               not change (sqlstate says why, e.g. 42501 for a missing
- *               privilege); connection failures are retried, not
- *               returned
+ *   OB_EKAFKA   a new producer could not be started
  *   OB_ESTATE   the relay is already running
- *   OB_ENOMEM, OB_ESYS
+ *   OB_ENOMEM
  */
 OB_API int ob_relay_run(ob_relay_t *relay, ob_error_t *err);
 
