@@ -137,7 +137,7 @@ check "the ledger is unchanged" same_json "$ENV1" "$TMP/expected1.json"
 # --- killed with -9 at random points, restarted -----------------------
 new_topic kill
 ENV2=$TMP/env2
-$PY "$TMP/produce.py" "$ONCEBOX_TEST_BROKERS" "$topic" 4000 200 \
+$PY "$TMP/produce.py" "$ONCEBOX_TEST_BROKERS" "$topic" 10000 300 \
     "$TMP/expected2.json" 2>"$TMP/err"
 check "kafka-python produced the events to kill for" \
     test -s "$TMP/expected2.json"
@@ -153,7 +153,7 @@ for round in 1 2 3 4 5 6; do
     BG+=("$pid")
     wait_progress "$ENV2" "$last" "$pid" || break
     # A random point in the run: the kill needs no synchronisation.
-    sleep "0.$((RANDOM % 400 + 10))"
+    sleep "$(printf '0.%03d' $((RANDOM % 300 + 10)))"
     kill -0 "$pid" 2>/dev/null || break
     kill -9 "$pid"
     wait "$pid" 2>/dev/null
