@@ -74,16 +74,22 @@ static void reason(ob_error_t *err, int code, const char *what,
              detail != NULL ? ": " : "", detail != NULL ? detail : "");
 }
 
-static int run_sql(PGconn *conn, const char *sql, int n,
+/*
+ * A failed statement is reported with its SQLSTATE: a deadlock between
+ * two consumers updating one balance is then retried with the whole
+ * batch instead of counting as a failure of this event.
+ */
+static int run_sql(ob_txn_t *txn, const char *sql, int n,
                    const char *const *values, ob_error_t *err)
 {
-    PGresult *res = PQexecParams(conn, sql, n, NULL, values, NULL, NULL, 0);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PGresult *res = PQexecParams(ob_txn_pg(txn), sql, n, NULL, values, NULL,
+                                 NULL, 0);
+    int rc = 0;
 
-    if (!ok)
-        reason(err, OB_EPG, "billing", PQresultErrorMessage(res));
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ob_txn_pg_error(txn, res, err);
     PQclear(res);
-    return ok ? 0 : OB_EPG;
+    return rc;
 }
 
 /*
@@ -101,7 +107,6 @@ static int apply_order(void *opaque, const ob_message_t *msg, ob_txn_t *txn,
     const char *order = json_string_value(json_object_get(ev, "order_id"));
     json_t *cents = json_object_get(ev, "total_cents");
     const char *key = ob_message_idempotency_key(msg);
-    PGconn *conn = ob_txn_pg(txn);
     char amount[32];
     int rc;
 
@@ -114,11 +119,10 @@ static int apply_order(void *opaque, const ob_message_t *msg, ob_txn_t *txn,
     snprintf(amount, sizeof(amount), "%" JSON_INTEGER_FORMAT,
              json_integer_value(cents));
 
-    rc = run_sql(conn, balance_sql, 2, (const char *[]){customer, amount},
+    rc = run_sql(txn, balance_sql, 2, (const char *[]){customer, amount},
                  err);
     if (rc == 0)
-        rc = run_sql(conn, applied_sql, 2, (const char *[]){key, order},
-                     err);
+        rc = run_sql(txn, applied_sql, 2, (const char *[]){key, order}, err);
     return rc;
 }
 

@@ -129,10 +129,35 @@ static void note_failure(ob_consumer_t *c, ob_message_t *m, int hrc,
                 m->attempt, c->set.attempts, why);
 }
 
+/* A deadlock or serialization failure: the transaction's, not the
+ * message's (see ob_txn_pg_error()). */
+static int handler_transient(const ob_error_t *herr)
+{
+    return herr->code != 0 &&
+           ((herr->flags & OB_ERROR_RETRIABLE) ||
+            strcmp(herr->sqlstate, "40001") == 0 ||
+            strcmp(herr->sqlstate, "40P01") == 0);
+}
+
+/* Turns a transient handler failure into a retriable batch error. */
+static int batch_transient(ob_consumer_t *c, ob_message_t *m,
+                           const ob_error_t *herr, ob_error_t *err)
+{
+    m->transient++;
+    ob__log(&c->log, OB_LOG_NOTICE, "consumer", "handler of %s [%d] offset "
+            "%lld met a transient failure; the batch runs again: %s",
+            m->topic, (int)m->rkm->partition, (long long)m->rkm->offset,
+            herr->message);
+    *err = *herr;
+    err->code = OB_EPG;
+    err->flags |= OB_ERROR_RETRIABLE;
+    return OB_EPG;
+}
+
 /*
  * Runs the handler once. 0: applied; HANDLER_FAILED: the message failed
- * (noted); otherwise an error of the batch (connection lost, or the
- * handler broke the transaction).
+ * (noted); otherwise an error of the batch (connection lost, a transient
+ * failure, or the handler broke the transaction).
  */
 static int run_handler(ob_consumer_t *c, ob_message_t *m, ob_error_t *err)
 {
@@ -152,6 +177,9 @@ static int run_handler(ob_consumer_t *c, ob_message_t *m, ob_error_t *err)
         m->state = OB__MSG_APPLIED;
         return 0;
     }
+    if (hrc < 0 && handler_transient(&herr) &&
+        m->transient < OB_CONSUMER_TRANSIENT_MAX)
+        return batch_transient(c, m, &herr, err);
     note_failure(c, m, hrc == 0 ? OB_EPG : hrc, &herr,
                  crc != 0 ? &cerr : NULL);
     return HANDLER_FAILED;
@@ -486,6 +514,19 @@ static int batch_retry_wait(ob_consumer_t *c, int64_t *delay,
     return 0;
 }
 
+/*
+ * A stop that comes while the batch waits to run again ends it: it was
+ * rolled back, so its messages are handled again by whoever reads the
+ * partitions next, and the stop is as clean as any other.
+ */
+static int batch_abandon(ob_consumer_t *c)
+{
+    ob__log(&c->log, OB_LOG_NOTICE, "consumer", "stopping: the batch of "
+            "%zu, rolled back, is handled again on the next run",
+            c->batch_len);
+    return 0;
+}
+
 int ob__batch_process(ob_consumer_t *c, ob_error_t *err)
 {
     int64_t delay = 100;
@@ -501,7 +542,7 @@ int ob__batch_process(ob_consumer_t *c, ob_error_t *err)
         if (rc == BATCH_AGAIN)
             continue;
         if (rc == BATCH_STOPPED)
-            return 0;
+            return batch_abandon(c);
         if (rc > 0 || !ob_error_is_retriable(err))
             return rc > 0 ? ob__error_set(err, OB_EINTERNAL, "batch: "
                                           "outcome %d", rc)
@@ -510,6 +551,8 @@ int ob__batch_process(ob_consumer_t *c, ob_error_t *err)
                 "rolled back, to be run again: %s", c->batch_len,
                 err->message);
         rc = batch_retry_wait(c, &delay, err);
+        if (rc != 0 && c->stop)
+            return batch_abandon(c);
         if (rc != 0)
             return rc;
     }

@@ -136,6 +136,24 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
                          rd_kafka_topic_partition_list_t *parts,
                          void *opaque);
 
+/*
+ * Kafka's committed offsets only serve lag tools, and a commit refused
+ * in a rebalance is normal: worth a debug line, not a warning. With this
+ * callback set librdkafka leaves the reporting to it.
+ */
+static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t e,
+                      rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    const ob_consumer_t *c = opaque;
+
+    (void)rk;
+    (void)offsets;
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR &&
+        e != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        ob__log(&c->log, OB_LOG_DEBUG, "consumer", "Kafka offset commit "
+                "(for lag tools only): %s", rd_kafka_err2str(e));
+}
+
 /* The librdkafka configuration: the user's kafka.* and ours on top. */
 static int kafka_conf_build(ob_consumer_t *c, rd_kafka_conf_t **kcp,
                             ob_error_t *err)
@@ -159,6 +177,7 @@ static int kafka_conf_build(ob_consumer_t *c, rd_kafka_conf_t **kcp,
     rd_kafka_conf_set_opaque(k.kc, c);
     rd_kafka_conf_set_log_cb(k.kc, kafka_log);
     rd_kafka_conf_set_rebalance_cb(k.kc, on_rebalance);
+    rd_kafka_conf_set_offset_commit_cb(k.kc, on_commit);
     *kcp = k.kc;
     return 0;
 
@@ -422,7 +441,7 @@ static void assign_offsets(ob_consumer_t *c,
         offs[i].partition = parts->elems[i].partition;
     }
     rc = offs != NULL ? assign_load(c, offs, (size_t)parts->cnt, &err) : -1;
-    if (rc != 0 && offs != NULL)
+    if (rc != 0 && offs != NULL && !c->stop)
         consumer_fail(c, &err);
 
     for (i = 0; i < parts->cnt; i++) {
@@ -458,7 +477,6 @@ static void on_assign(ob_consumer_t *c, rd_kafka_topic_partition_list_t *p)
     rebalance_log(c, "assigned", p);
     /* Joining a group can take seconds: idle time counts from here. */
     c->last_message_ms = ob__now_ms();
-    c->assigned = 1;
     if (c->cooperative)
         error = rd_kafka_incremental_assign(c->rk, p);
     else
@@ -641,10 +659,11 @@ static void purge_tick(ob_consumer_t *c)
 }
 
 /*
- * The idle exit counts from the last message or assignment. Before the
- * first assignment it waits at least IDLE_JOIN_MS, as long as a group
- * join can take, so that a short idle time does not end the consumer
- * before it had a chance to read anything.
+ * The idle exit counts from the last message or assignment. While the
+ * consumer holds no partition (before the first assignment, or between
+ * a revocation and the next assignment) it waits at least IDLE_JOIN_MS,
+ * as long as a group (re)join can take, so that a short idle time does
+ * not end it in the middle of a rebalance.
  */
 static int idle_over(const ob_consumer_t *c)
 {
@@ -652,7 +671,7 @@ static int idle_over(const ob_consumer_t *c)
 
     if (limit == 0)
         return 0;
-    if (!c->assigned && limit < IDLE_JOIN_MS)
+    if (c->tp_count == 0 && limit < IDLE_JOIN_MS)
         limit = IDLE_JOIN_MS;
     return ob__now_ms() - c->last_message_ms >= limit;
 }

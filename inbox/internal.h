@@ -38,6 +38,7 @@ struct ob_message {
     json_t *json;
     int attempt;  /* the handler run in progress, from 1 */
     int failures; /* failed handler runs in this batch */
+    int transient; /* retriable handler failures, each a batch rerun */
     int malformed; /* dead before any handler run: reason is final */
     int reused;    /* a duplicate whose payload hash differs */
     int dlq_sent;  /* delivered to the dead-letter topic already */
@@ -112,7 +113,6 @@ struct ob_consumer {
     int fatal; /* a rebalance failed for a reason retrying cannot fix */
     ob_error_t fatal_err;
     int64_t last_message_ms;
-    int assigned; /* had an assignment since the start */
     int64_t next_purge_ms;
     uint64_t rng; /* backoff jitter */
     ob__counters_t counters;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/buf.h"
+#include "core/pg.h"
 #include "inbox/internal.h"
 #include "oncebox/wire.h"
 
@@ -371,6 +372,11 @@ int ob_message_header_at(const ob_message_t *m, size_t i,
     if (lenp != NULL)
         *lenp = len;
     return 0;
+}
+
+int ob_txn_pg_error(ob_txn_t *txn, const PGresult *res, ob_error_t *err)
+{
+    return ob__error_pg(err, ob_txn_pg(txn), res, "handler");
 }
 
 PGconn *ob_txn_pg(ob_txn_t *txn)

@@ -3,11 +3,15 @@
  * transaction per batch, the inbox, consumer_offsets and dead_letters
  * tables of the oncebox schema.
  *
+ * Claims, lookups and purges go through the dedup store (dedup.h), on
+ * this connection and in this transaction, so the inbox table has one
+ * owner of its format.
+ *
  * Round trips are what bound a consumer, so statements that need no
  * answer of their own (BEGIN, SAVEPOINT, RELEASE, ROLLBACK TO) are not
- * sent alone: they wait in a queue and go out in one pipeline with the
- * next statement that does (a claim, the commit), or just before the
- * handler gets the connection.
+ * sent alone where it can be helped: they wait in a queue and go out in
+ * one pipeline with the next statement of ours (the commit, a dead
+ * letter), or just before a claim or the handler needs the connection.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,40 +28,15 @@
 
 #define PG_PENDING_MAX 4
 
-enum { SQL_CLAIM, SQL_OFFSETS, SQL_LOAD, SQL_DEAD, SQL_COUNT };
+enum { SQL_OFFSETS, SQL_LOAD, SQL_DEAD, SQL_COUNT };
 
 /* Prepared statement names, in the order of the enum. */
 static const char *const sql_names[SQL_COUNT] = {
-    "ob_inbox_claim", "ob_inbox_offsets", "ob_inbox_load", "ob_inbox_dead",
+    "ob_inbox_offsets", "ob_inbox_load", "ob_inbox_dead",
 };
 
-/*
- * The statements; @S@ stands for the quoted schema. The claim takes arrays and
- * answers one row per input in order: whether that entry claimed its
- * key, and whether the hash stored for a duplicate differs. Of equal
- * keys in one call the first claims, as separate claims would.
- */
+/* The statements; @S@ stands for the quoted schema. */
 static const char *const sql_fmts[SQL_COUNT] = {
-    [SQL_CLAIM] =
-        "WITH m AS (SELECT * FROM unnest($2::text[], $3::text[],"
-        " $4::text[], $5::integer[], $6::bigint[]) WITH ORDINALITY"
-        " AS u(k, h, t, p, o, n)),"
-        " f AS (SELECT DISTINCT ON (k) k, n AS fn, h AS fh FROM m"
-        " ORDER BY k, n),"
-        " old AS (SELECT idempotency_key AS k,"
-        " encode(payload_hash, 'hex') AS oh FROM @S@.inbox"
-        " WHERE namespace = $1 AND idempotency_key IN (SELECT k FROM f)),"
-        " ins AS (INSERT INTO @S@.inbox (namespace, idempotency_key,"
-        " payload_hash, claimed_at, topic, \"partition\", \"offset\")"
-        " SELECT $1, k, decode(h, 'hex'), timestamptz 'epoch' +"
-        " $7::bigint * interval '1 ms', t, p, o FROM m ORDER BY n"
-        " ON CONFLICT ON CONSTRAINT inbox_pkey DO NOTHING"
-        " RETURNING idempotency_key AS k)"
-        " SELECT ins.k IS NOT NULL AND m.n = f.fn,"
-        " COALESCE(old.oh, CASE WHEN ins.k IS NOT NULL THEN f.fh END)"
-        " <> m.h"
-        " FROM m JOIN f USING (k) LEFT JOIN ins USING (k)"
-        " LEFT JOIN old USING (k) ORDER BY m.n",
     [SQL_OFFSETS] =
         "INSERT INTO @S@.consumer_offsets AS c (consumer_group, topic,"
         " \"partition\", next_offset)"
@@ -336,130 +315,77 @@ static void array_text(ob__buf_t *b, const char *s, size_t n)
     ob__buf_array_elem(b, s, n);
 }
 
-static void hex_encode(const unsigned char *bytes, size_t n, char *out)
+static void entry_of(const ob__inbox_item_t *item, ob_dedup_entry_t *e)
 {
-    static const char digits[] = "0123456789abcdef";
-    size_t i;
+    ob_dedup_entry_t init = OB_DEDUP_ENTRY_INIT;
 
-    for (i = 0; i < n; i++) {
-        out[2 * i] = digits[bytes[i] >> 4];
-        out[2 * i + 1] = digits[bytes[i] & 0xf];
-    }
-    out[2 * n] = '\0';
+    *e = init;
+    e->key = item->key;
+    e->key_len = item->key_len;
+    e->hash = item->hash;
+    e->at_ms = item->at_ms;
+    e->topic = item->topic;
+    e->partition = item->partition;
+    e->offset = item->offset;
 }
 
-/* The claim's five array parameters: keys, hashes, topics, ... */
-struct claim_arrays {
-    ob__buf_t a[5];
-};
-
-static void claim_arrays_build(struct claim_arrays *ca,
-                               const ob__inbox_item_t *items, size_t n)
+static void claim_of(const ob_dedup_result_t *r, ob__inbox_claim_t *res)
 {
-    char hex[65];
-    size_t i;
-    int j;
-
-    for (j = 0; j < 5; j++)
-        ob__buf_putc(&ca->a[j], '{');
-    for (i = 0; i < n; i++) {
-        hex_encode(items[i].hash, 32, hex);
-        array_text(&ca->a[0], items[i].key, items[i].key_len);
-        array_text(&ca->a[1], hex, 64);
-        array_text(&ca->a[2], items[i].topic, strlen(items[i].topic));
-        array_int(&ca->a[3], items[i].partition);
-        array_int(&ca->a[4], items[i].offset);
-    }
-    for (j = 0; j < 5; j++)
-        ob__buf_putc(&ca->a[j], '}');
+    res->duplicate = r->duplicate;
+    res->hash_differs = r->hash_differs;
 }
 
-static void claim_arrays_free(struct claim_arrays *ca)
-{
-    int j;
-
-    for (j = 0; j < 5; j++)
-        ob__buf_free(&ca->a[j]);
-}
-
-static int claim_results(const PGresult *res, size_t n,
-                         ob__inbox_claim_t *out, ob_error_t *err)
-{
-    size_t i;
-
-    if ((size_t)PQntuples(res) != n)
-        return ob__error_set(err, OB_EINTERNAL, "inbox: the claim "
-                             "answered %d rows for %zu keys",
-                             PQntuples(res), n);
-    for (i = 0; i < n; i++) {
-        out[i].duplicate = PQgetvalue(res, (int)i, 0)[0] != 't';
-        out[i].hash_differs = !PQgetisnull(res, (int)i, 1) &&
-                              PQgetvalue(res, (int)i, 1)[0] == 't';
-    }
-    return 0;
-}
-
+/*
+ * Claims go through the dedup store, which joins the transaction as it
+ * is: the queued BEGIN or SAVEPOINT goes out first.
+ */
 static int pg_claim_batch(ob__inbox_store_t *base, const char *ns,
                           const ob__inbox_item_t *items, size_t n,
                           ob__inbox_claim_t *res, ob_error_t *err)
 {
     pg_store_t *s = pg_of(base);
-    struct claim_arrays ca = {{OB__BUF_INIT, OB__BUF_INIT, OB__BUF_INIT,
-                               OB__BUF_INIT, OB__BUF_INIT}};
-    const char *values[7];
-    char at[24];
-    pg_stmt_t st = {sql_names[SQL_CLAIM], 1, 7, values, NULL, NULL};
-    PGresult *out = NULL;
-    int rc, j;
+    ob_dedup_entry_t *entries;
+    ob_dedup_result_t *results;
+    size_t i;
+    int rc;
 
     if (n == 0)
         return 0;
-    claim_arrays_build(&ca, items, n);
-    for (j = 0; j < 5; j++) {
-        if (ca.a[j].failed) {
-            claim_arrays_free(&ca);
-            return ob__error_nomem(err, "inbox claim");
-        }
-        values[j + 1] = ca.a[j].data;
-    }
-    snprintf(at, sizeof(at), "%lld", (long long)items[0].at_ms);
-    values[0] = ns;
-    values[6] = at;
-
-    rc = pg_pipeline(s, &st, 1, "inbox: claim", &out, err);
+    rc = pg_pipeline(s, NULL, 0, "inbox: begin", NULL, err);
+    if (rc != 0)
+        return rc;
+    entries = ob__calloc(n, sizeof(*entries));
+    results = ob__calloc(n, sizeof(*results));
+    if (entries == NULL || results == NULL)
+        rc = ob__error_nomem(err, "inbox claim");
+    for (i = 0; rc == 0 && i < n; i++)
+        entry_of(&items[i], &entries[i]);
     if (rc == 0)
-        rc = claim_results(out, n, res, err);
-    PQclear(out);
-    claim_arrays_free(&ca);
+        rc = ob_dedup_claim_batch(s->dedup, s->conn, ns, entries, n,
+                                  results, err);
+    for (i = 0; rc == 0 && i < n; i++)
+        claim_of(&results[i], &res[i]);
+    ob__free(entries);
+    ob__free(results);
     return rc;
 }
 
-/* One claim, through the dedup store: the queued savepoint goes first,
- * since the claim joins the transaction as it is. */
 static int pg_claim(ob__inbox_store_t *base, const char *ns,
                     const ob__inbox_item_t *item, ob__inbox_claim_t *res,
                     ob_error_t *err)
 {
     pg_store_t *s = pg_of(base);
-    ob_dedup_entry_t e = OB_DEDUP_ENTRY_INIT;
+    ob_dedup_entry_t e;
     ob_dedup_result_t r;
     int rc;
 
     rc = pg_pipeline(s, NULL, 0, "inbox: savepoint", NULL, err);
     if (rc != 0)
         return rc;
-    e.key = item->key;
-    e.key_len = item->key_len;
-    e.hash = item->hash;
-    e.at_ms = item->at_ms;
-    e.topic = item->topic;
-    e.partition = item->partition;
-    e.offset = item->offset;
+    entry_of(item, &e);
     rc = ob_dedup_claim(s->dedup, s->conn, ns, &e, &r, err);
-    if (rc == 0) {
-        res->duplicate = r.duplicate;
-        res->hash_differs = r.hash_differs;
-    }
+    if (rc == 0)
+        claim_of(&r, res);
     return rc;
 }
 

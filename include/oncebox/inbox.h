@@ -186,9 +186,9 @@ typedef int (*ob_handler_fn)(void *opaque, const ob_message_t *msg,
  *   consumer.key.reuse       "dead-letter" or "skip"
  *   consumer.idle.exit.ms    ob_consumer_run() returns 0 after this long
  *                            without a message, counted from the last
- *                            message or assignment, and before the first
- *                            assignment from the start but at least 30 s,
- *                            since joining a group takes seconds
+ *                            message or assignment; while it holds no
+ *                            partition (joining, or in a rebalance) at
+ *                            least 30 s, since a (re)join takes seconds
  *                            (0: never)
  *   consumer.kafka.commit    "true": also commit offsets to Kafka
  *   consumer.reconnect.backoff.max.ms
@@ -234,10 +234,8 @@ OB_API int ob_consumer_set_handler(ob_consumer_t *c, ob_handler_fn fn,
  *   OB_EINVAL   c NULL, or no handler registered
  *   OB_ESTATE   called a second time
  *   OB_EPG      the first connection failed (bad conninfo, server down:
- *               retriable), the inbox statements failed for a reason
- *               that retrying cannot fix (a missing privilege, say), or
- *               PostgreSQL was down when a stop came (the batch in hand
- *               is then rolled back and will be handled again)
+ *               retriable), or the inbox statements failed for a reason
+ *               that retrying cannot fix (a missing privilege, say)
  *   OB_ESCHEMA  the schema is not migrated, or newer than this library
  *   OB_ESTATE   the handler ended the transaction (COMMIT or ROLLBACK):
  *               fix the handler
@@ -251,9 +249,11 @@ OB_API int ob_consumer_run(ob_consumer_t *c, ob_error_t *err);
  * Asks ob_consumer_run() to finish: the batch in hand is completed and
  * committed, then it returns 0 (within about 100 ms when idle, else after
  * the batch). Async-signal-safe and thread-safe: it only sets a flag, so
- * it may be called from a SIGTERM handler. A handler failure waiting for
- * its backoff is cut short: its batch is rolled back and handled again
- * next time. NULL is ok.
+ * it may be called from a SIGTERM handler. A batch that waits to run
+ * again (a handler's backoff, a reconnect to PostgreSQL, a deadlock, a
+ * dead letter the broker has not taken) is cut short instead: it was
+ * rolled back, so its messages are handled again by whoever reads the
+ * partitions next, and ob_consumer_run() still returns 0. NULL is ok.
  */
 OB_API void ob_consumer_stop(ob_consumer_t *c);
 
@@ -335,6 +335,28 @@ OB_API int ob_message_header_at(const ob_message_t *m, size_t i,
  * the consumer's inbox is not on PostgreSQL.
  */
 OB_API PGconn *ob_txn_pg(ob_txn_t *txn);
+
+/*
+ * For a handler whose own statement failed: fills err from res (the
+ * failed result, or NULL for the connection's message) with the
+ * server's message, its SQLSTATE and the retriable flag, and returns
+ * OB_EPG, so the handler can end with "return ob_txn_pg_error(txn, res,
+ * err);". res stays the caller's (PQclear() it afterwards).
+ *
+ * Retriable failures are a deadlock (40P01), a serialization failure
+ * (40001) and a lost connection: they are the transaction's, not the
+ * message's, and are what concurrent consumers meet when their handlers
+ * update the same rows. The whole batch is then rolled back and run
+ * again after a pause, without counting against the message's attempts
+ * (at most OB_CONSUMER_TRANSIENT_MAX times for one message in one
+ * batch; after that such failures count as ordinary ones). A handler
+ * that fills err by hand gets the same by setting OB_ERROR_RETRIABLE in
+ * err->flags or a 40001 or 40P01 err->sqlstate.
+ */
+OB_API int ob_txn_pg_error(ob_txn_t *txn, const PGresult *res,
+                           ob_error_t *err);
+
+#define OB_CONSUMER_TRANSIENT_MAX 20
 
 /*
  * The LMDB inbox.
