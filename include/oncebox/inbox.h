@@ -408,7 +408,10 @@ OB_API int ob_txn_pg_error(ob_txn_t *txn, const PGresult *res,
  *   begin.
  * - Reader slots left by dead processes (a reader killed in its read
  *   transaction) pin old pages and make the file grow: they are cleared
- *   when the consumer is made and every few seconds while it runs.
+ *   when the consumer is made, then before a batch or a purge, at most
+ *   every 5 s.
+ * - A batch run again after a growth waits as after any retriable
+ *   failure: 100 ms, doubling for each further rerun of that batch.
  * - Durability is the environment's: open it with ob_lmdb_env_open()
  *   and "lmdb.durability" (see dedup.h for what each mode can lose).
  *   A crash of the process alone loses no committed batch in any mode,
