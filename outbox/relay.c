@@ -456,11 +456,29 @@ static int loop_step(ob_relay_t *r, int drain, ob_error_t *err)
  * after a backoff, once the relay has connected in this run; a failure
  * to connect at all, and every error retrying cannot mend, end it.
  */
+/*
+ * Besides what every oncebox call treats as retriable, a relay rides
+ * out what a running server may say for a while: too many connections
+ * or other resources short (class 53), a cancelled statement (57014),
+ * a lock not available (55P03), an operating system error (class 58).
+ */
+static int relay_retriable(const ob_error_t *err)
+{
+    const char *st = err->sqlstate;
+
+    if (ob_error_is_retriable(err))
+        return 1;
+    if (err->domain != OB_DOMAIN_POSTGRES || strlen(st) != 5)
+        return 0;
+    return strncmp(st, "53", 2) == 0 || strncmp(st, "58", 2) == 0 ||
+           strcmp(st, "57014") == 0 || strcmp(st, "55P03") == 0;
+}
+
 static int recover(ob_relay_t *r, const ob_error_t *err)
 {
     int64_t wait;
 
-    if (!ob_error_is_retriable(err) || !r->connected_once)
+    if (!relay_retriable(err) || !r->connected_once)
         return 0;
 
     if (ob__relay_pg_connected(r)) {
@@ -500,8 +518,11 @@ static int relay_loop(ob_relay_t *r, int drain, ob_error_t *err)
     ob__relay_pg_close(r);
     ob__relay_kafka_poll(r);
     r->running = 0;
-    r->stop = 0;
 
+    /* A stop that cut a connect or a backoff short is no failure. */
+    if (rc < 0 && ob__relay_stopping(r) && relay_retriable(&e))
+        rc = 0;
+    r->stop = 0;
     if (rc < 0) {
         ob__relay_mask(e.message, sizeof(e.message), r->secrets,
                        r->secret_count);

@@ -7,6 +7,10 @@
  * Each test uses its own schema and topics, so a test never reads what
  * another one published.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include "tests/integration/test_relay.h"
 
 static void
@@ -204,12 +208,17 @@ static void relay_holds_an_aggregate_behind_a_row_in_retry(void **state)
     msgs_free(&m);
 }
 
+/*
+ * A payload of about 1 MB (the writer's limit is 1 MiB) is larger than
+ * the producer's default message.max.bytes (1000000 with framing): it
+ * can never be sent, so it is parked at once.
+ */
 static void relay_parks_a_row_too_large_for_the_producer(void **state)
 {
     fixture_t *f = *state;
     ob_conf_t *conf = relay_conf(f);
     static const char head[] = "{\"n\": 0, \"x\": \"";
-    size_t big_len = 200 * 1024;
+    size_t big_len = 1000 * 1000;
     char *big = malloc(sizeof(head) + big_len + 2), sql[256], *error;
     ob_relay_stats_t st;
     msgs_t m;
@@ -222,7 +231,6 @@ static void relay_parks_a_row_too_large_for_the_producer(void **state)
     append_run(f, "Big", "b-1", 1, 2);
     append_run(f, "Big", "b-2", 0, 2);
 
-    set(conf, "kafka.message.max.bytes", "100000");
     st = drain_with(conf);
     assert_int_equal(st.parked, 1);
     assert_int_equal(st.published, 2);
@@ -241,7 +249,7 @@ static void relay_parks_a_row_too_large_for_the_producer(void **state)
     obt_exec(f->conn, "UPDATE %s.outbox SET state = 'pending', retry_count"
              " = 0, next_attempt_at = now() WHERE state = 'parked'",
              f->ident);
-    set(conf, "kafka.message.max.bytes", "1000000");
+    set(conf, "kafka.message.max.bytes", "2000000");
     st = drain_with(conf);
     ob_conf_destroy(conf);
     assert_int_equal(st.published, 3);
@@ -249,6 +257,27 @@ static void relay_parks_a_row_too_large_for_the_producer(void **state)
     assert_int_equal(m.n, 5);
     assert_order(&m, "b-1", 0, 3, 0);
     assert_order(&m, "b-2", 0, 2, 0);
+    msgs_free(&m);
+}
+
+static void relay_bounds_batches_by_bytes(void **state)
+{
+    fixture_t *f = *state;
+    ob_conf_t *conf = relay_conf(f);
+    ob_relay_stats_t st;
+    msgs_t m;
+
+    /* Each payload is stored in more than 10 bytes: one row a batch. */
+    append_run(f, "Bytes", "y-1", 0, 4);
+    append_run(f, "Bytes", "y-2", 0, 4);
+    set(conf, "relay.batch.bytes", "10");
+    st = drain_with(conf);
+    ob_conf_destroy(conf);
+    assert_int_equal(st.published, 8);
+    assert_int_equal(st.batches, 8);
+    m = read_type(f, "bytes");
+    assert_order(&m, "y-1", 0, 4, 0);
+    assert_order(&m, "y-2", 0, 4, 0);
     msgs_free(&m);
 }
 
@@ -381,6 +410,65 @@ static void relay_stop_before_run_returns_at_once(void **state)
     ob_conf_destroy(conf);
 }
 
+/* A listener that never answers: a connect to it hangs. */
+static int silent_listener(int *portp)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(fd, 4), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    *portp = ntohs(a.sin_port);
+    return fd;
+}
+
+typedef struct hang {
+    ob_relay_t *relay;
+    int rc;
+} hang_t;
+
+static void *drain_thread(void *arg)
+{
+    hang_t *h = arg;
+    ob_error_t err;
+
+    h->rc = ob_relay_drain(h->relay, &err);
+    return NULL;
+}
+
+/* Stop must not wait for a server that does not answer (60 s here). */
+static void relay_stop_ends_a_connect_that_hangs(void **state)
+{
+    fixture_t *f = *state;
+    ob_conf_t *conf = relay_conf(f);
+    char conninfo[128];
+    hang_t h = {NULL, -1};
+    long long start;
+    pthread_t t;
+    int port, fd = silent_listener(&port);
+
+    snprintf(conninfo, sizeof(conninfo), "host=127.0.0.1 port=%d "
+             "dbname=x user=x connect_timeout=60", port);
+    assert_int_equal(ob_relay_new(&h.relay, conninfo, conf, NULL), 0);
+    ob_conf_destroy(conf);
+    assert_int_equal(pthread_create(&t, NULL, drain_thread, &h), 0);
+    /* Most likely inside the connect by then; a stop that comes before
+     * it must end the drain with 0 just the same. */
+    usleep(300000);
+    start = obt_now_ms();
+    ob_relay_stop(h.relay);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(h.rc, 0);
+    assert_true(obt_now_ms() - start < 30000);
+    ob_relay_destroy(h.relay);
+    close(fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -403,6 +491,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             relay_lets_an_aggregate_pass_a_parked_row_if_asked, setup,
             teardown),
+        cmocka_unit_test_setup_teardown(relay_bounds_batches_by_bytes, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(
             relay_refuses_a_lane_count_other_relays_use, setup, teardown),
         cmocka_unit_test_setup_teardown(
@@ -413,6 +503,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(
             relay_stop_before_run_returns_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            relay_stop_ends_a_connect_that_hangs, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -136,7 +136,9 @@ static void relay_marks_nothing_while_the_brokers_are_down(void **state)
     int per = 20;
     pthread_t t;
 
+    /* One attempt of a row's own would park it: an outage must not. */
     set(conf, "kafka.message.timeout.ms", "1500");
+    set(conf, "relay.retry.max", "1");
     relay = relay_new(conf);
     ob_conf_destroy(conf);
     backlog(f, per);
@@ -171,6 +173,72 @@ static void relay_keeps_order_with_slow_brokers(void **state)
     assert_int_equal(check_kafka(f, per), 0);
 }
 
+/* A row's own failure counts; at relay.retry.max it is parked. */
+static void relay_parks_a_row_after_its_own_failures(void **state)
+{
+    fixture_t *f = *state;
+    ob_conf_t *conf = faults_conf(f);
+    ob_relay_stats_t st;
+
+    /* One row, so that every failing request is this row's. */
+    append_run(f, "Fault", "own-1", 0, 1);
+    set(conf, "relay.retry.max", "3");
+    broker("request-error Produce 3 INVALID_RECORD");
+    st = drain_with(conf);
+    assert_int_equal(rows_where(f, "state = 'parked' AND retry_count = 3 "
+                                   "AND last_error LIKE "
+                                   "'%INVALID_RECORD%'"), 1);
+    assert_int_equal(st.parked, 1);
+    assert_int_equal(st.retried, 2);
+
+    /* The broker is fine again: the next row goes out. */
+    append_run(f, "Fault", "own-2", 0, 1);
+    assert_int_equal(drain_with(conf).published, 1);
+    ob_conf_destroy(conf);
+}
+
+/*
+ * A topic the brokers say does not exist (and do not create) is a
+ * permanent failure: its rows are parked at once, and with blocking the
+ * aggregate's later rows, on another topic, wait behind them.
+ */
+static void relay_parks_rows_of_a_missing_topic_at_once(void **state)
+{
+    fixture_t *f = *state;
+    ob_conf_t *conf = faults_conf(f);
+    ob_event_t ev = OB_EVENT_INIT;
+    char topic[128], cmd[200];
+    ob_relay_stats_t st;
+    ob_error_t err;
+
+    snprintf(topic, sizeof(topic), "%s-missing", f->prefix);
+    snprintf(cmd, sizeof(cmd), "topic-error %s UNKNOWN_TOPIC_OR_PART", topic);
+    broker(cmd);
+    ev.aggregate_type = "Fault";
+    ev.aggregate_id = "m-1";
+    ev.event_type = "E";
+    ev.payload = "{\"n\": 0}";
+    ev.topic = topic;
+    obt_exec(f->conn, "BEGIN");
+    assert_int_equal(ob_writer_append(f->writer, f->conn, &ev, NULL, &err), 0);
+    obt_exec(f->conn, "COMMIT");
+    append_run(f, "Fault", "m-1", 1, 2);
+    append_run(f, "Fault", "m-2", 0, 2);
+
+    set(conf, "kafka.topic.metadata.propagation.max.ms", "500");
+    st = drain_with(conf);
+    ob_conf_destroy(conf);
+    snprintf(cmd, sizeof(cmd), "topic-error %s NO_ERROR", topic);
+    broker(cmd);
+    assert_int_equal(st.parked, 1);
+    assert_int_equal(st.published, 2);
+    assert_int_equal(rows_where(f, "state = 'parked' AND retry_count = 1 "
+                                   "AND last_error LIKE '%UNKNOWN_TOPIC%'"),
+                     1);
+    assert_int_equal(rows_where(f, "aggregate_id = 'm-1' AND state = "
+                                   "'pending'"), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -182,6 +250,12 @@ int main(void)
             faults_teardown),
         cmocka_unit_test_setup_teardown(relay_keeps_order_with_slow_brokers,
                                         setup, faults_teardown),
+        cmocka_unit_test_setup_teardown(
+            relay_parks_a_row_after_its_own_failures, setup,
+            faults_teardown),
+        cmocka_unit_test_setup_teardown(
+            relay_parks_rows_of_a_missing_topic_at_once, setup,
+            faults_teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
