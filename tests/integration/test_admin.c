@@ -547,10 +547,14 @@ static ob_status_t *status_until(struct fixture *f,
     return s;
 }
 
+/*
+ * The lane owners come from live views, the counts from a snapshot that
+ * may predate the relay's recording of its lane count: wait for both.
+ */
 static int relay_owns_every_group(const ob_status_t *s)
 {
     return ob_status_lanes_owned(s) == ob_status_lanes(s) &&
-           ob_status_relays(s) == 1;
+           ob_status_relays(s) == 1 && ob_status_lanes_recorded(s) == 1;
 }
 
 static int nineteen_published(const ob_status_t *s)
