@@ -397,21 +397,22 @@ static int until_lanes_check(const ob_relay_t *r)
     return ms < 0 ? 0 : (int)ms;
 }
 
-/* Nothing was claimable: wait for work. Returns 1 when drain is done. */
+/*
+ * Nothing was claimable: wait for a NOTIFY, the poll interval, or the
+ * first row waiting for a retry to be due. Returns 1 when drain is done.
+ */
 static int idle(ob_relay_t *r, int drain, ob_error_t *err)
 {
     int64_t wait = r->set.poll_ms, due = -1;
     int rc;
 
-    if (drain) {
-        rc = ob__relay_pg_waiting(r, &due, err);
-        if (rc != 0)
-            return rc;
-        if (due < 0)
-            return 1;
-        if (due < wait)
-            wait = due;
-    }
+    rc = ob__relay_pg_waiting(r, &due, err);
+    if (rc != 0)
+        return rc;
+    if (drain && due < 0)
+        return 1;
+    if (due >= 0 && due < wait)
+        wait = due;
     if (until_lanes_check(r) < wait)
         wait = until_lanes_check(r);
     rc = ob__relay_pg_wait(r, (int)wait, err);

@@ -96,13 +96,17 @@ static const char finish_tail[] =
     " SELECT (SELECT pg_catalog.count(*) FROM done),"
     " (SELECT pg_catalog.count(*) FROM failed)";
 
-/* How long until the first row waiting for a retry of the held groups
- * is due; NULL when none waits. */
+/*
+ * How long until the first row of the held groups that waits for a
+ * retry is due; NULL when none waits. A row already due is not waiting:
+ * the claim takes it, or it is held back by one that is waiting.
+ */
 static const char waiting_head[] =
     "SELECT pg_catalog.ceil(EXTRACT(epoch FROM"
     " pg_catalog.min(o.next_attempt_at) - pg_catalog.now()) * 1000)::bigint"
     " FROM @SCHEMA@.outbox o"
     " WHERE o.state = 'pending' AND o.next_attempt_at > o.created_at"
+    " AND o.next_attempt_at > pg_catalog.now()"
     " AND o.lane % $1::integer = ANY ($2::integer[])";
 
 static const char waiting_parked[] =
