@@ -259,7 +259,7 @@ static void *watch_run(void *arg)
 {
     struct watch *w = arg;
     ob_consumer_stats_t st = OB_CONSUMER_STATS_INIT;
-    struct timespec nap = {0, 200000};
+    struct timespec nap = {0, 1000000}; /* 1 ms: runs last seconds */
 
     w->settled = 0;
     w->end = now_s();
@@ -529,7 +529,7 @@ int main(int argc, char **argv)
     static const int batches[] = {1, 100, 1000};
     struct bench bn = {3, 1.0, NULL, "", NULL, 0};
     double naive[2];
-    int kind, i;
+    int kind, i, own_dir = 0;
 
     parse_args(argc, argv, &bn);
     bn.brokers = getenv("ONCEBOX_BENCH_BROKERS");
@@ -539,6 +539,7 @@ int main(int argc, char **argv)
         snprintf(bn.dir, sizeof(bn.dir), "/tmp/bench-inbox-lmdb.XXXXXX");
         if (mkdtemp(bn.dir) == NULL)
             die("mkdtemp", "failed");
+        own_dir = 1;
     }
     bn.producer = producer_new(bn.brokers);
     printf("bench_inbox_lmdb: LMDB inbox with the ledger handler, mock "
@@ -554,5 +555,7 @@ int main(int argc, char **argv)
     report(&bn, KEYS_ORDERED, 1, 1, naive[KEYS_ORDERED]);
     report(&bn, KEYS_ORDERED, 1000, 1, naive[KEYS_ORDERED]);
     rd_kafka_destroy(bn.producer);
+    if (own_dir)
+        rmdir(bn.dir);
     return 0;
 }
