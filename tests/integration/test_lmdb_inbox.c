@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -386,6 +387,34 @@ static void lmdb_inbox_refuses_a_second_handle_on_the_environment(void **s)
     mdb_env_close(twin);
 }
 
+/* A child after fork() shares the parent's lock file descriptors:
+ * using the environment there is refused before anything is touched. */
+static void lmdb_inbox_refuses_to_run_in_a_forked_child(void **s)
+{
+    struct fixture *f = *s;
+    struct app a = {.f = f};
+    ob_consumer_t *c;
+    ob_error_t err;
+    int status = -1;
+    pid_t pid;
+
+    env_open(f, NULL);
+    c = consumer_new(f);
+    assert_int_equal(ob_consumer_set_handler(c, handler, &a, 0, &err), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(ob_consumer_run(c, &err) == OB_ESTATE &&
+                      strstr(err.message, "fork") != NULL
+                  ? 0
+                  : 1);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(a.calls, 0);
+    ob_consumer_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -399,6 +428,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             lmdb_inbox_refuses_a_second_handle_on_the_environment, setup,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            lmdb_inbox_refuses_to_run_in_a_forked_child, setup, teardown),
         cmocka_unit_test(lmdb_inbox_refuses_a_missing_environment),
     };
 
