@@ -403,11 +403,13 @@ static void lmdb_inbox_refuses_to_run_in_a_forked_child(void **s)
     assert_int_equal(ob_consumer_set_handler(c, handler, &a, 0, &err), 0);
     pid = fork();
     assert_true(pid >= 0);
-    if (pid == 0)
-        _exit(ob_consumer_run(c, &err) == OB_ESTATE &&
-                      strstr(err.message, "fork") != NULL
-                  ? 0
-                  : 1);
+    if (pid == 0) {
+        int refused = ob_consumer_run(c, &err) == OB_ESTATE &&
+                      strstr(err.message, "fork") != NULL;
+
+        ob_consumer_destroy(c); /* for valgrind in the child */
+        _exit(refused ? 0 : 1);
+    }
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
