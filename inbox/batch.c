@@ -115,7 +115,8 @@ static void note_failure(ob_consumer_t *c, ob_message_t *m, int hrc,
         m->failures = c->set.attempts;
     } else {
         ob__message_dead(m, OB_DLQ_HANDLER_FAILED, "%s", why);
-        m->failures++;
+        if (++m->failures < c->set.attempts)
+            atomic_fetch_add(&c->counters.retries, 1);
     }
     m->state = OB__MSG_PENDING;
     if (hrc == OB_HANDLER_REJECT)
@@ -185,9 +186,74 @@ static int run_handler(ob_consumer_t *c, ob_message_t *m, ob_error_t *err)
     return HANDLER_FAILED;
 }
 
+/*
+ * The batch handler, once for every message that claimed its key. Its
+ * failure belongs to no message in particular: the careful pass finds
+ * out which, one message at a time.
+ */
+static int run_batch_handler(ob_consumer_t *c, ob_message_t **news,
+                             size_t n, ob_error_t *err)
+{
+    ob_txn_t txn = {c->store};
+    ob_error_t herr, cerr;
+    size_t i;
+    int hrc, crc;
+
+    memset(&herr, 0, sizeof(herr));
+    for (i = 0; i < n; i++)
+        news[i]->attempt = news[i]->failures + 1;
+    hrc = c->batch_handler(c->batch_opaque,
+                           (const ob_message_t *const *)news, n, &txn,
+                           &herr);
+    crc = c->store->ops->check(c->store, &cerr);
+    if (crc != 0 && crc != OB_ENOTXN) {
+        *err = cerr;
+        return crc;
+    }
+    if (hrc == 0 && crc == 0) {
+        for (i = 0; i < n; i++)
+            news[i]->state = OB__MSG_APPLIED;
+        return 0;
+    }
+    if (hrc < 0 && handler_transient(&herr) &&
+        news[0]->transient < OB_CONSUMER_TRANSIENT_MAX)
+        return batch_transient(c, news[0], &herr, err);
+    if (herr.code == 0 && crc == 0)
+        snprintf(herr.message, sizeof(herr.message), "it returned %d", hrc);
+    ob__log(&c->log, OB_LOG_NOTICE, "consumer", "batch handler failed for "
+            "%zu messages (%s); running them one by one", n,
+            herr.code != 0 || crc == 0 ? herr.message : cerr.message);
+    return HANDLER_FAILED;
+}
+
+/* Settles what the claims found; the new ones run or are collected. */
+static int optimistic_handle(ob_consumer_t *c, const ob__inbox_claim_t *res,
+                             ob_message_t **news, ob_error_t *err)
+{
+    size_t i, k = 0, n = 0;
+    int rc = 0;
+
+    for (i = 0; rc == 0 && i < c->batch_len; i++) {
+        ob_message_t *m = &c->batch[i];
+
+        if (m->state != OB__MSG_PENDING)
+            continue;
+        if (res[k++].duplicate)
+            settle_duplicate(c, m, res[k - 1].hash_differs);
+        else if (c->batch_handler != NULL)
+            news[n++] = m;
+        else
+            rc = run_handler(c, m, err);
+    }
+    if (rc == 0 && n > 0)
+        rc = run_batch_handler(c, news, n, err);
+    return rc;
+}
+
 static int pass_optimistic(ob_consumer_t *c, ob_error_t *err)
 {
     const ob__inbox_store_ops_t *ops = c->store->ops;
+    ob_message_t **news;
     ob__inbox_item_t *items;
     ob__inbox_claim_t *res;
     size_t i, n = 0;
@@ -195,7 +261,8 @@ static int pass_optimistic(ob_consumer_t *c, ob_error_t *err)
 
     items = ob__calloc(c->batch_len, sizeof(*items));
     res = ob__calloc(c->batch_len, sizeof(*res));
-    if (items == NULL || res == NULL) {
+    news = ob__calloc(c->batch_len, sizeof(*news));
+    if (items == NULL || res == NULL || news == NULL) {
         rc = ob__error_nomem(err, "batch");
         goto free_arrays;
     }
@@ -204,18 +271,8 @@ static int pass_optimistic(ob_consumer_t *c, ob_error_t *err)
             ob__message_item(&c->batch[i], &items[n++]);
     }
     rc = ops->claim_batch(c->store, c->group, items, n, res, err);
-
-    for (i = 0, n = 0; rc == 0 && i < c->batch_len; i++) {
-        ob_message_t *m = &c->batch[i];
-
-        if (m->state != OB__MSG_PENDING)
-            continue;
-        if (res[n++].duplicate) {
-            settle_duplicate(c, m, res[n - 1].hash_differs);
-            continue;
-        }
-        rc = run_handler(c, m, err);
-    }
+    if (rc == 0)
+        rc = optimistic_handle(c, res, news, err);
     if (rc == HANDLER_FAILED) {
         c->careful = 1;
         rc = BATCH_AGAIN;
@@ -223,6 +280,7 @@ static int pass_optimistic(ob_consumer_t *c, ob_error_t *err)
 free_arrays:
     ob__free(items);
     ob__free(res);
+    ob__free(news);
     return rc;
 }
 
@@ -255,7 +313,6 @@ static int careful_one(ob_consumer_t *c, ob_message_t *m, ob_error_t *err)
             m->state = OB__MSG_DEAD;
             break;
         }
-        atomic_fetch_add(&c->counters.retries, 1);
     }
     return rc != 0 ? rc : ops->release(c->store, err);
 }
@@ -395,28 +452,6 @@ static size_t batch_offsets(ob_consumer_t *c, ob__inbox_offset_t **offsp,
     return n;
 }
 
-/* Kafka's own committed offsets, for lag tools only: never read back. */
-static void commit_kafka(ob_consumer_t *c, const ob__inbox_offset_t *offs,
-                         size_t n)
-{
-    rd_kafka_topic_partition_list_t *list;
-    rd_kafka_resp_err_t e;
-    size_t i;
-
-    if (!c->set.kafka_commit || n == 0)
-        return;
-    list = rd_kafka_topic_partition_list_new((int)n);
-    for (i = 0; i < n; i++)
-        rd_kafka_topic_partition_list_add(list, offs[i].topic,
-                                          offs[i].partition)
-            ->offset = offs[i].next_offset;
-    e = rd_kafka_commit(c->rk, list, 1);
-    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
-        ob__log(&c->log, OB_LOG_INFO, "consumer", "Kafka offset commit "
-                "(for lag tools only) failed: %s", rd_kafka_err2str(e));
-    rd_kafka_topic_partition_list_destroy(list);
-}
-
 static void count_batch(ob_consumer_t *c)
 {
     ob__counters_t *k = &c->counters;
@@ -456,11 +491,12 @@ static int batch_commit(ob_consumer_t *c, ob_error_t *err)
     rc = c->store->ops->commit(c->store, c->group, offs, n, err);
     if (rc == 0) {
         for (i = 0; i < c->tp_count; i++) {
-            if (c->tps[i].batch_next > c->tps[i].next_offset)
-                c->tps[i].next_offset = c->tps[i].batch_next;
+            if (c->tps[i].batch_next > c->tps[i].stored)
+                c->tps[i].stored = c->tps[i].batch_next;
         }
         count_batch(c);
-        commit_kafka(c, offs, n);
+        c->kafka_dirty = 1;
+        ob__kafka_commit(c, 0);
     }
     ob__free(offs);
     return rc;

@@ -305,6 +305,19 @@ int ob_consumer_set_handler(ob_consumer_t *c, ob_handler_fn fn, void *opaque,
     return 0;
 }
 
+int ob_consumer_set_batch_handler(ob_consumer_t *c, ob_batch_handler_fn fn,
+                                  void *opaque, ob_error_t *err)
+{
+    if (c == NULL)
+        return ob__error_set(err, OB_EINVAL, "consumer: c is NULL");
+    if (c->ran)
+        return ob__error_set(err, OB_ESTATE, "consumer: the handler cannot "
+                             "change once the consumer ran");
+    c->batch_handler = fn;
+    c->batch_opaque = opaque;
+    return 0;
+}
+
 void ob_consumer_stop(ob_consumer_t *c)
 {
     if (c != NULL)
@@ -368,7 +381,35 @@ static int tp_add(ob_consumer_t *c, const char *topic, int32_t part,
     }
     tp->next_offset = next;
     tp->batch_next = -1;
+    tp->stored = next;
     return 0;
+}
+
+void ob__kafka_commit(ob_consumer_t *c, int force)
+{
+    rd_kafka_topic_partition_list_t *list;
+    rd_kafka_resp_err_t e;
+    int64_t now = ob__now_ms();
+    size_t i;
+
+    if (!c->set.kafka_commit || !c->kafka_dirty ||
+        (!force && now < c->next_kafka_commit_ms))
+        return;
+    c->kafka_dirty = 0;
+    c->next_kafka_commit_ms = now + 1000;
+    list = rd_kafka_topic_partition_list_new((int)c->tp_count + 1);
+    for (i = 0; i < c->tp_count; i++) {
+        if (c->tps[i].stored >= 0)
+            rd_kafka_topic_partition_list_add(list, c->tps[i].topic,
+                                              c->tps[i].partition)
+                ->offset = c->tps[i].stored;
+    }
+    e = list->cnt > 0 ? rd_kafka_commit(c->rk, list, 1)
+                      : RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        ob__log(&c->log, OB_LOG_DEBUG, "consumer", "Kafka offset commit "
+                "(for lag tools only): %s", rd_kafka_err2str(e));
+    rd_kafka_topic_partition_list_destroy(list);
 }
 
 /* Forgets a partition, and the messages of it collected so far. */
@@ -496,6 +537,7 @@ static void on_revoke(ob_consumer_t *c, rd_kafka_topic_partition_list_t *p)
     rd_kafka_error_t *error = NULL;
     int i;
 
+    ob__kafka_commit(c, 1);
     for (i = 0; i < p->cnt; i++)
         tp_remove(c, p->elems[i].topic, p->elems[i].partition);
     rebalance_log(c, rd_kafka_assignment_lost(c->rk) ? "lost" : "revoked",
@@ -687,11 +729,14 @@ static int run_loop(ob_consumer_t *c, ob_error_t *err)
             ob__batch_free(c);
             if (rc != 0)
                 return rc;
+            /* Idle means nothing to read: a long batch is not idle. */
+            c->last_message_ms = ob__now_ms();
         }
         if (c->stop)
             break;
         if (idle_over(c))
             break;
+        ob__kafka_commit(c, 0);
         purge_tick(c);
     }
     if (c->fatal) {

@@ -59,6 +59,7 @@ typedef struct ob__tp {
     int32_t partition;
     int64_t next_offset; /* the next offset to handle; -1: not known */
     int64_t batch_next;  /* in the open batch: next offset, -1 none */
+    int64_t stored;      /* next offset committed to the inbox, or -1 */
 } ob__tp_t;
 
 typedef struct ob__counters {
@@ -95,6 +96,8 @@ struct ob_consumer {
     ob_handler_fn handler;
     void *handler_opaque;
     unsigned handler_flags;
+    ob_batch_handler_fn batch_handler; /* optional, optimistic pass only */
+    void *batch_opaque;
 
     ob__inbox_store_t *store;
     rd_kafka_t *rk;
@@ -114,6 +117,8 @@ struct ob_consumer {
     ob_error_t fatal_err;
     int64_t last_message_ms;
     int64_t next_purge_ms;
+    int64_t next_kafka_commit_ms;
+    int kafka_dirty; /* stored offsets not yet committed to Kafka */
     uint64_t rng; /* backoff jitter */
     ob__counters_t counters;
 };
@@ -167,5 +172,12 @@ void ob__dlq_destroy(ob_consumer_t *c);
 
 /* consumer.c: the partition table. */
 ob__tp_t *ob__tp_find(ob_consumer_t *c, const char *topic, int32_t part);
+
+/*
+ * Commits the inbox's stored offsets to Kafka too, for lag tools only,
+ * at most once a second unless force: never read back, so how often is
+ * only a matter of how fresh the lag figures are.
+ */
+void ob__kafka_commit(ob_consumer_t *c, int force);
 
 #endif

@@ -259,7 +259,8 @@ static int pg_open(ob__inbox_store_t *base, int *fresh, ob_error_t *err)
     rc = pg_check_schema(s, err);
     if (rc == 0)
         rc = pg_prepare_all(s, err);
-    if (rc != 0 && !ob_error_is_retriable(err)) {
+    /* A half-prepared connection must not pass for a usable one. */
+    if (rc != 0) {
         PQfinish(s->conn);
         s->conn = NULL;
     }

@@ -190,7 +190,9 @@ typedef int (*ob_handler_fn)(void *opaque, const ob_message_t *msg,
  *                            partition (joining, or in a rebalance) at
  *                            least 30 s, since a (re)join takes seconds
  *                            (0: never)
- *   consumer.kafka.commit    "true": also commit offsets to Kafka
+ *   consumer.kafka.commit    "true": also commit the stored offsets to
+ *                            Kafka, at most once a second and at each
+ *                            revocation, for lag tools
  *   consumer.reconnect.backoff.max.ms
  *   inbox.retention.s        keys older than this are purged ...
  *   inbox.purge.interval.ms  ... this often, purge.batch.size at a time,
@@ -222,6 +224,35 @@ OB_API void ob_consumer_destroy(ob_consumer_t *c);
 OB_API int ob_consumer_set_handler(ob_consumer_t *c, ob_handler_fn fn,
                                    void *opaque, unsigned flags,
                                    ob_error_t *err);
+
+/*
+ * The batch handler: the same work as the handler, for count messages
+ * at once (msgs[0..count), each as the handler would see it), so that
+ * their writes can be a few multi-row statements instead of a few
+ * statements per message. Returns 0 when all are applied; a negative
+ * value when something failed (err as for the handler, transient
+ * failures included, see ob_txn_pg_error()). Borrowed for the call.
+ */
+typedef int (*ob_batch_handler_fn)(void *opaque,
+                                   const ob_message_t *const *msgs,
+                                   size_t count, ob_txn_t *txn,
+                                   ob_error_t *err);
+
+/*
+ * Registers an optional batch handler, beside the handler, before
+ * ob_consumer_run(); fn NULL removes it. The optimistic pass of each
+ * batch then calls it once with every message that claimed its key, in
+ * the batch's order (duplicates, reused keys and malformed messages are
+ * not in it), instead of calling the handler for each. Its effects must
+ * be exactly those of the handler run on each message in that order:
+ * when it fails, the batch is rolled back and runs in the careful pass,
+ * where every message goes through the handler alone, with its
+ * savepoint, retries and dead letter. The handler therefore stays
+ * required. Errors: OB_EINVAL (c NULL), OB_ESTATE (the consumer ran).
+ */
+OB_API int ob_consumer_set_batch_handler(ob_consumer_t *c,
+                                         ob_batch_handler_fn fn,
+                                         void *opaque, ob_error_t *err);
 
 /*
  * Connects to PostgreSQL, joins the group and handles messages until
@@ -258,7 +289,9 @@ OB_API int ob_consumer_run(ob_consumer_t *c, ob_error_t *err);
 OB_API void ob_consumer_stop(ob_consumer_t *c);
 
 /*
- * What the consumer did, counted at commit: only committed work counts.
+ * What the consumer did. The message counts (messages to key_reused)
+ * and batches grow when a batch commits, so work rolled back is never
+ * counted; retries, reconnects and purged grow as they happen.
  * Initialise size (OB_CONSUMER_STATS_INIT) so later fields can be added.
  */
 typedef struct ob_consumer_stats {

@@ -42,7 +42,11 @@ struct app {
     const char *fail_key;    /* fails every time, after writing */
     const char *commit_key;  /* commits the transaction: not allowed */
     int restart_at;          /* restarts PostgreSQL at this call, once */
+    const char *batch_fail_key; /* the batch handler fails on it */
+    int batch_calls;
+    int batch_messages;
     int stop_at;             /* ob_consumer_stop() at this call */
+    int slow_at;             /* this call takes 2.5 s */
     int calls;
     int fail_calls;
 };
@@ -200,6 +204,8 @@ static int handler(void *opaque, const ob_message_t *msg, ob_txn_t *txn,
     a->calls++;
     if (a->calls == a->restart_at)
         restart_postgres();
+    if (a->calls == a->slow_at)
+        usleep(2500 * 1000); /* the scenario: a handler slower than idle */
     snprintf(sql, sizeof(sql), "INSERT INTO %s.applied (key, value) "
              "VALUES ($1, $2)", a->f->ident);
     exec_or_fail(conn, sql, 2, values, err);
@@ -226,6 +232,41 @@ static void test_log(void *opaque, int level, const char *facility,
 {
     (void)opaque;
     fprintf(stderr, "    log <%d> [%s] %s\n", level, facility, message);
+}
+
+/*
+ * The batch handler: the same rows as the handler, with one statement
+ * for the whole batch.
+ */
+static int batch_handler(void *opaque, const ob_message_t *const *msgs,
+                         size_t n, ob_txn_t *txn, ob_error_t *err)
+{
+    struct app *a = opaque;
+    char *keys = calloc(n, OB_KEY_MAX + 4), *p = keys, sql[512];
+    PGresult *res;
+    size_t i;
+    int rc = 0;
+
+    a->batch_calls++;
+    a->batch_messages += (int)n;
+    *p++ = '{';
+    for (i = 0; i < n; i++) {
+        const char *key = ob_message_idempotency_key(msgs[i]);
+
+        if (a->batch_fail_key != NULL && strcmp(key, a->batch_fail_key) == 0)
+            rc = OB_EINVAL;
+        p += sprintf(p, "%s\"%s\"", i > 0 ? "," : "", key);
+    }
+    strcpy(p, "}");
+    snprintf(sql, sizeof(sql), "INSERT INTO %s.applied (key, value) SELECT "
+             "k, 'batch' FROM unnest($1::text[]) AS k", a->f->ident);
+    res = PQexecParams(ob_txn_pg(txn), sql, 1, NULL,
+                       (const char *const[]){keys}, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ob_txn_pg_error(txn, res, err);
+    PQclear(res);
+    free(keys);
+    return rc;
 }
 
 /* A consumer for the fixture; pairs: NULL-terminated key, value, ... */
@@ -459,6 +500,7 @@ static void failing_handler_sends_its_message_to_dead_letters(void **s)
 
     /* k-7 ran its three attempts, each rolled back; the rest applied. */
     assert_int_equal(a.fail_calls, 3);
+    assert_int_equal(st.retries, 2);
     assert_int_equal(st.applied, 14);
     assert_int_equal(st.dead_letters, 1);
     assert_int_equal(rows(f, "applied", NULL), 14);
@@ -591,6 +633,75 @@ static void postgres_restart_mid_batch_applies_each_event_once(void **s)
     assert_int_equal(distinct_keys(f), 200);
 }
 
+static void batch_handler_applies_whole_batches_once(void **s)
+{
+    struct fixture *f = *s;
+    struct app a = {.f = f};
+    ob_consumer_t *c;
+    ob_consumer_stats_t st;
+    ob_error_t err;
+
+    produce_range(f, 0, 300);
+    produce_range(f, 100, 200); /* copies: the batch handler never sees */
+    flush_producer(f);
+    c = consumer_new(f, "consumer.batch.size", "500",
+                     "consumer.batch.wait.ms", "2000", NULL);
+    assert_int_equal(ob_consumer_set_batch_handler(c, batch_handler, &a,
+                                                   &err), 0);
+    st = run(c, &a, 0, 0);
+    assert_int_equal(a.calls, 0);
+    assert_int_equal(a.batch_messages, 300);
+    assert_true(a.batch_calls >= 1 && a.batch_calls <= 4);
+    assert_int_equal(st.applied, 300);
+    assert_int_equal(st.duplicates, 100);
+    assert_int_equal(rows(f, "applied", "value = 'batch'"), 300);
+    assert_int_equal(distinct_keys(f), 300);
+}
+
+static void batch_handler_failure_falls_back_to_the_handler(void **s)
+{
+    struct fixture *f = *s;
+    struct app a = {.f = f, .batch_fail_key = "k-3", .fail_key = "k-3"};
+    ob_consumer_t *c;
+    ob_consumer_stats_t st;
+    ob_error_t err;
+
+    produce_range(f, 0, 10);
+    flush_producer(f);
+    c = consumer_new(f, "consumer.batch.size", "100",
+                     "consumer.batch.wait.ms", "2000",
+                     "consumer.retry.attempts", "2", NULL);
+    assert_int_equal(ob_consumer_set_batch_handler(c, batch_handler, &a,
+                                                   &err), 0);
+    st = run(c, &a, 0, 0);
+    /* The batch with k-3 ran again message by message: k-3 failed twice
+     * in the handler and went to dead letters, the rest applied. */
+    assert_true(a.batch_calls >= 1);
+    assert_int_equal(a.fail_calls, 2);
+    assert_int_equal(st.applied, 9);
+    assert_int_equal(st.dead_letters, 1);
+    assert_int_equal(rows(f, "applied", NULL), 9);
+    assert_int_equal(rows(f, "applied", "key = 'k-3'"), 0);
+    assert_int_equal(rows(f, "dead_letters", "idempotency_key = 'k-3'"), 1);
+}
+
+static void slow_batch_does_not_count_as_idle_time(void **s)
+{
+    struct fixture *f = *s;
+    struct app a = {.f = f, .slow_at = 3};
+    ob_consumer_stats_t st;
+
+    produce_range(f, 0, 60);
+    flush_producer(f);
+    /* The first batch takes longer than the idle time; 50 messages wait
+     * behind it, and must still be read. */
+    st = run(consumer_new(f, "consumer.batch.size", "10",
+                          "consumer.idle.exit.ms", "1500", NULL),
+             &a, 0, 0);
+    assert_int_equal(st.applied, 60);
+    assert_int_equal(rows(f, "applied", NULL), 60);
+}
+
 static void handler_that_commits_stops_the_consumer(void **s)
 {
     struct fixture *f = *s;
@@ -665,6 +776,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             postgres_restart_mid_batch_applies_each_event_once, setup,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            batch_handler_applies_whole_batches_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            batch_handler_failure_falls_back_to_the_handler, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            slow_batch_does_not_count_as_idle_time, setup, teardown),
         cmocka_unit_test_setup_teardown(
             handler_that_commits_stops_the_consumer, setup, teardown),
         cmocka_unit_test_setup_teardown(
