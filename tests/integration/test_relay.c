@@ -380,12 +380,15 @@ static void relay_wakes_on_notify(void **state)
     ob_conf_destroy(conf);
     t = run_start(relay);
 
+    /* Idle: the last thing it asked was when a retry is next due. */
     until = obt_now_ms() + WAIT_MS;
     while (obt_now_ms() < until &&
            obt_int(f->conn, "SELECT count(*) FROM pg_stat_activity WHERE "
                    "application_name LIKE 'oncebox relay %' AND state = "
-                   "'idle' AND query = 'ROLLBACK'", 0, NULL) == 0)
+                   "'idle' AND query LIKE 'SELECT pg_catalog.ceil(%'", 0,
+                   NULL) == 0)
         usleep(20000);
+    assert_true(obt_now_ms() < until);
     append_run(f, "Wake", "k-1", 0, 1);
     wait_rows(f, "state = 'published'", 1);
     run_stop(relay, t);
