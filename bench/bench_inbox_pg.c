@@ -16,7 +16,8 @@
  *   messages per transaction, no Kafka and no per-message work at all.
  *
  * The messages (about 110-byte JSON values with the wire contract's
- * headers, 4 partitions) are produced into the mock broker once, before
+ * headers, 4 topics of 4 partitions) are produced into the mock broker
+ * once, before
  * any measurement; every run reads them from the start with its own
  * consumer group and schema, and the clock runs from the first message
  * to the last commit, so the group join is not counted. Durable
@@ -44,12 +45,20 @@
 #include <oncebox/oncebox.h>
 
 #define RUNS_MAX 9
+
+/*
+ * The mock broker keeps about 5 MB per partition and drops older
+ * messages, and gives auto-created topics 4 partitions: the backlog goes
+ * round robin to 4 topics, 16 partitions in all, which hold all of it.
+ */
+#define TOPICS 4
 #define PARTITIONS 4
 
 struct bench {
     const char *db;
     const char *brokers;
-    char topic[64];
+    char topic[TOPICS][64];
+    char topic_list[TOPICS * 64];
     int runs;
     double scale;
     long produced;
@@ -129,6 +138,26 @@ static double median(double *v, int n, double *lo, double *hi)
     return v[n / 2];
 }
 
+/* Every message must still be there: a broker that dropped the oldest
+ * would make every run wait for them. */
+static void check_backlog(rd_kafka_t *rk, const struct bench *b)
+{
+    int64_t lo, hi, total = 0;
+    int t, p;
+
+    for (t = 0; t < TOPICS; t++) {
+        for (p = 0; p < PARTITIONS; p++) {
+            if (rd_kafka_query_watermark_offsets(rk, b->topic[t], p, &lo,
+                                                 &hi, 60000) != 0 || lo != 0)
+                die("backlog", "the broker dropped messages (or gave no "
+                    "watermarks): spread them over more partitions");
+            total += hi;
+        }
+    }
+    if (total != b->produced)
+        die("backlog", "the topic does not hold every message produced");
+}
+
 /* The messages every run reads: order i, key o-i, customer c-(i % 100). */
 static void produce_all(struct bench *b)
 {
@@ -153,7 +182,7 @@ static void produce_all(struct bench *b)
                  "\"currency\": \"EUR\"}", key, i % 100, 100 + i % 9900);
         rd_kafka_header_add(h, "idempotency-key", -1, key, -1);
         rd_kafka_header_add(h, "content-type", -1, "application/json", -1);
-        e = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(b->topic),
+        e = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(b->topic[i % TOPICS]),
                               RD_KAFKA_V_KEY(key, strlen(key)),
                               RD_KAFKA_V_VALUE(value, strlen(value)),
                               RD_KAFKA_V_HEADERS(h),
@@ -165,6 +194,7 @@ static void produce_all(struct bench *b)
     }
     if (rd_kafka_flush(rk, 120000) != RD_KAFKA_RESP_ERR_NO_ERROR)
         die("produce", "flush did not finish");
+    check_backlog(rk, b);
     rd_kafka_destroy(rk);
 }
 
@@ -331,7 +361,7 @@ static ob_consumer_t *bench_consumer(struct bench *b, const char *schema,
     if (ob_conf_new(&conf, &err) != 0 ||
         ob_conf_set(conf, "kafka.bootstrap.servers", b->brokers, &err) ||
         ob_conf_set(conf, "kafka.group.id", group, &err) ||
-        ob_conf_set(conf, "consumer.topics", b->topic, &err) ||
+        ob_conf_set(conf, "consumer.topics", b->topic_list, &err) ||
         ob_conf_set(conf, "schema", schema, &err) ||
         ob_conf_set(conf, "consumer.batch.size", size, &err) ||
         ob_conf_set(conf, "kafka.session.timeout.ms", "6000", &err) ||
@@ -459,7 +489,7 @@ static rd_kafka_t *naive_consumer(const struct bench *b)
     rd_kafka_topic_partition_list_t *parts;
     char errstr[256];
     rd_kafka_t *rk;
-    int p;
+    int t, p;
 
     rd_kafka_conf_set(kc, "bootstrap.servers", b->brokers, NULL, 0);
     rd_kafka_conf_set(kc, "group.id", "bench-naive", NULL, 0);
@@ -467,10 +497,12 @@ static rd_kafka_t *naive_consumer(const struct bench *b)
     rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof(errstr));
     if (rk == NULL)
         die("naive consumer", errstr);
-    parts = rd_kafka_topic_partition_list_new(PARTITIONS);
-    for (p = 0; p < PARTITIONS; p++)
-        rd_kafka_topic_partition_list_add(parts, b->topic, p)->offset =
-            RD_KAFKA_OFFSET_BEGINNING;
+    parts = rd_kafka_topic_partition_list_new(TOPICS * PARTITIONS);
+    for (t = 0; t < TOPICS; t++) {
+        for (p = 0; p < PARTITIONS; p++)
+            rd_kafka_topic_partition_list_add(parts, b->topic[t], p)->offset =
+                RD_KAFKA_OFFSET_BEGINNING;
+    }
     rd_kafka_assign(rk, parts);
     rd_kafka_topic_partition_list_destroy(parts);
     return rk;
@@ -557,7 +589,7 @@ static void ceiling_txn(PGconn *conn, const char *schema, long first, int n,
              "= billing_balances.total_cents + EXCLUDED.total_cents", schema);
     PQclear(exec_params(conn, sql, 2, values + 1));
     snprintf(sql, 1024, "INSERT INTO %s.consumer_offsets SELECT 'ceiling', "
-             "'t', p, 1 FROM generate_series(0, 3) p ON CONFLICT ON "
+             "'t', p, 1 FROM generate_series(0, 15) p ON CONFLICT ON "
              "CONSTRAINT consumer_offsets_pkey DO UPDATE SET next_offset = "
              "consumer_offsets.next_offset + 1", schema);
     exec(conn, sql);
@@ -720,18 +752,26 @@ static void parse(int argc, char **argv, struct bench *b)
 
 int main(int argc, char **argv)
 {
-    struct bench b = {NULL, NULL, "", 3, 1.0, 0, 0};
+    struct bench b = {NULL, NULL, {""}, "", 3, 1.0, 0, 0};
+    int i;
 
     parse(argc, argv, &b);
     b.produced = (long)(200000 * b.scale);
-    snprintf(b.topic, sizeof(b.topic), "bench-inbox-%d", (int)getpid());
+    for (i = 0; i < TOPICS; i++) {
+        snprintf(b.topic[i], sizeof(b.topic[i]), "bench-inbox-%d-%d",
+                 (int)getpid(), i);
+        snprintf(b.topic_list + strlen(b.topic_list),
+                 sizeof(b.topic_list) - strlen(b.topic_list), "%s%s",
+                 i > 0 ? "," : "", b.topic[i]);
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
     produce_all(&b);
     printf("bench_inbox_pg: %ld messages of ~110 bytes in %d partitions "
-           "of the mock broker, the billing handler (2 statements per "
+           "(%d topics) of the mock broker, the billing handler (2 statements per "
            "message; the batch handler: 2 per batch), 1 consumer process; "
            "runs read %ld (batch handler, ceiling), %ld (handler), %ld "
            "(batch 1, naive); median of %d runs (min..max); round trip to "
-           "PostgreSQL %.0f us\n", b.produced, PARTITIONS,
+           "PostgreSQL %.0f us\n", b.produced, TOPICS * PARTITIONS, TOPICS,
            (long)(200000 * b.scale), (long)(20000 * b.scale),
            (long)(5000 * b.scale), b.runs, round_trip_us(&b));
 
