@@ -767,8 +767,9 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     produce_all(&b);
     printf("bench_inbox_pg: %ld messages of ~110 bytes in %d partitions "
-           "(%d topics) of the mock broker, the billing handler (2 statements per "
-           "message; the batch handler: 2 per batch), 1 consumer process; "
+           "(%d topics) of the mock broker, the billing handler (2 "
+           "statements per message; the batch handler: 2 per batch), 1 "
+           "consumer process; "
            "runs read %ld (batch handler, ceiling), %ld (handler), %ld "
            "(batch 1, naive); median of %d runs (min..max); round trip to "
            "PostgreSQL %.0f us\n", b.produced, TOPICS * PARTITIONS, TOPICS,
