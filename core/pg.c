@@ -143,3 +143,30 @@ int ob__pg_exec_params(PGconn *conn, const char *sql, int nparams,
         PQclear(res);
     return 0;
 }
+
+int ob__pg_conn_check(PGconn *conn, int *insidep, ob_error_t *err)
+{
+    if (PQstatus(conn) != CONNECTION_OK)
+        return ob__error_pg(err, conn, NULL, "connection");
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        return ob__error_set(err, OB_ESTATE,
+                             "the connection is in pipeline mode");
+
+    switch (PQtransactionStatus(conn)) {
+    case PQTRANS_IDLE:
+        *insidep = 0;
+        return 0;
+    case PQTRANS_INTRANS:
+        *insidep = 1;
+        return 0;
+    case PQTRANS_INERROR:
+        return ob__error_set(err, OB_ENOTXN,
+                             "the connection's transaction is aborted; "
+                             "roll it back first");
+    case PQTRANS_ACTIVE:
+        return ob__error_set(err, OB_ESTATE,
+                             "the connection is busy with another command");
+    default:
+        return ob__error_pg(err, conn, NULL, "connection");
+    }
+}

@@ -51,4 +51,11 @@ int ob__pg_exec_params(PGconn *conn, const char *sql, int nparams,
                        const char *const *values, const char *what,
                        PGresult **resp, ob_error_t *err);
 
+/*
+ * Checks that conn can take a statement: open, not in pipeline mode, not
+ * busy, and not inside an aborted transaction (OB_ENOTXN). *insidep says
+ * whether it is inside the caller's open transaction.
+ */
+int ob__pg_conn_check(PGconn *conn, int *insidep, ob_error_t *err);
+
 #endif

@@ -117,34 +117,6 @@ static int name_check(const char *schema, int creating, ob_error_t *err)
     return 0;
 }
 
-/* Whether conn can run commands, and whether it is inside a transaction. */
-static int conn_check(PGconn *conn, int *insidep, ob_error_t *err)
-{
-    if (PQstatus(conn) != CONNECTION_OK)
-        return ob__error_pg(err, conn, NULL, "connection");
-    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        return ob__error_set(err, OB_ESTATE,
-                             "the connection is in pipeline mode");
-
-    switch (PQtransactionStatus(conn)) {
-    case PQTRANS_IDLE:
-        *insidep = 0;
-        return 0;
-    case PQTRANS_INTRANS:
-        *insidep = 1;
-        return 0;
-    case PQTRANS_INERROR:
-        return ob__error_set(err, OB_ENOTXN,
-                             "the connection's transaction is aborted; "
-                             "roll it back first");
-    case PQTRANS_ACTIVE:
-        return ob__error_set(err, OB_ESTATE,
-                             "the connection is busy with another command");
-    default:
-        return ob__error_pg(err, conn, NULL, "connection");
-    }
-}
-
 static int probe(PGconn *conn, const char *schema, int *has_schemap,
                  int *has_tablep, ob_error_t *err)
 {
@@ -320,7 +292,7 @@ int ob_schema_migrate(PGconn *conn, const char *schema, ob_error_t *err)
         schema = OB_SCHEMA_DEFAULT;
     rc = name_check(schema, 1, err);
     if (rc == 0)
-        rc = conn_check(conn, &inside, err);
+        rc = ob__pg_conn_check(conn, &inside, err);
     if (rc != 0)
         return rc;
 
@@ -353,7 +325,7 @@ int ob_schema_version(PGconn *conn, const char *schema, int *versionp,
         schema = OB_SCHEMA_DEFAULT;
     rc = name_check(schema, 0, err);
     if (rc == 0)
-        rc = conn_check(conn, &inside, err);
+        rc = ob__pg_conn_check(conn, &inside, err);
     if (rc == 0)
         rc = probe(conn, schema, &has_schema, &has_table, err);
     if (rc != 0)

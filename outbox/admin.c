@@ -12,33 +12,6 @@
 #include "oncebox/schema.h"
 #include "outbox/admin.h"
 
-static int conn_check(PGconn *conn, int *insidep, ob_error_t *err)
-{
-    if (PQstatus(conn) != CONNECTION_OK)
-        return ob__error_pg(err, conn, NULL, "connection");
-    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        return ob__error_set(err, OB_ESTATE,
-                             "the connection is in pipeline mode");
-
-    switch (PQtransactionStatus(conn)) {
-    case PQTRANS_IDLE:
-        *insidep = 0;
-        return 0;
-    case PQTRANS_INTRANS:
-        *insidep = 1;
-        return 0;
-    case PQTRANS_INERROR:
-        return ob__error_set(err, OB_ENOTXN,
-                             "the connection's transaction is aborted; "
-                             "roll it back first");
-    case PQTRANS_ACTIVE:
-        return ob__error_set(err, OB_ESTATE,
-                             "the connection is busy with another command");
-    default:
-        return ob__error_pg(err, conn, NULL, "connection");
-    }
-}
-
 int ob__admin_open(ob__admin_t *a, PGconn *conn, const char *schema,
                    ob_error_t *err)
 {
@@ -53,7 +26,7 @@ int ob__admin_open(ob__admin_t *a, PGconn *conn, const char *schema,
     rc = ob__check_text("schema", a->schema, strlen(a->schema),
                         OB_SCHEMA_NAME_MAX, err);
     if (rc == 0)
-        rc = conn_check(conn, &a->inside, err);
+        rc = ob__pg_conn_check(conn, &a->inside, err);
     if (rc != 0)
         return rc;
 
